@@ -1,0 +1,30 @@
+# Two commands set everything up on a fresh machine: `make setup` (or straight `make test`).
+SHELL := /bin/bash
+VENV := .venv
+
+.PHONY: help setup test lint format demo clean distclean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup:  ## create .venv with the ML stack, ROS 2 wheels and colcon; build vision_msgs if needed
+	@bash scripts/setup.sh
+
+test: setup  ## colcon build + colcon test, then colcon test-result --verbose
+	@bash scripts/colcon_test.sh
+
+lint: setup  ## ruff over the whole repository (the same check runs under colcon test)
+	@$(VENV)/bin/ruff check .
+
+format: setup  ## let ruff fix what it can
+	@$(VENV)/bin/ruff check --fix .
+
+demo: setup  ## write synthetic scenes and their panoptic ground truth overlays to demo_output/
+	@$(VENV)/bin/python -m tokenmask_ros.cli synth demo_output --count 8 --preview
+	@echo "demo: images in demo_output/ (the segmentation demo arrives with the segment node)"
+
+clean:  ## remove colcon build products
+	rm -rf build install log
+
+distclean: clean  ## also remove the virtual environment and the vision_msgs underlay
+	rm -rf $(VENV) .ros_underlay

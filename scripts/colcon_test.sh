@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# `make test`: colcon build + colcon test of this package, then the per-test report.
+# Exits non-zero when the build fails, pytest fails, or any test result is a failure.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck disable=SC1091
+. scripts/ros_env.sh
+
+colcon --log-base log build --paths . --event-handlers console_cohesion- summary+ || exit 1
+# shellcheck disable=SC1091
+. install/local_setup.bash
+
+colcon --log-base log test --paths . --event-handlers console_direct+ summary+ \
+  --pytest-args -v --durations=10
+test_rc=$?
+colcon test-result --test-result-base build/tokenmask_ros --verbose
+result_rc=$?
+if [ $test_rc -ne 0 ] || [ $result_rc -ne 0 ]; then
+  echo "make test: FAILED (colcon test exit $test_rc, test-result exit $result_rc)" >&2
+  exit 1
+fi
+echo "make test: all tests passed"

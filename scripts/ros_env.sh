@@ -1,0 +1,17 @@
+# Source this (bash) to use the pip-installed ROS 2 in .venv and the vision_msgs underlay.
+# The ROS 2 wheels install their ament resources under the venv prefix, so ament and CMake
+# have to be told to look there; a native /opt/ros install is left untouched when present.
+_tm_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+_tm_venv="${TOKENMASK_VENV:-$_tm_root/.venv}"
+if [ -x "$_tm_venv/bin/python" ]; then
+  export VIRTUAL_ENV="$_tm_venv"
+  export PATH="$_tm_venv/bin:$PATH"
+  export AMENT_PREFIX_PATH="$_tm_venv${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
+  export CMAKE_PREFIX_PATH="$_tm_venv${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
+fi
+if [ -f "$_tm_root/.ros_underlay/install/local_setup.bash" ]; then
+  # shellcheck disable=SC1091
+  . "$_tm_root/.ros_underlay/install/local_setup.bash"
+fi
+export RMW_IMPLEMENTATION="${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
+unset _tm_root _tm_venv

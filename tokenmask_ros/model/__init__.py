@@ -1,0 +1,1 @@
+"""TokenMask and the EoMT baseline in pure PyTorch (no ROS imports)."""

@@ -1,0 +1,1 @@
+"""rclpy glue: nodes, message conversion and QoS. The only part of the package that imports ROS."""

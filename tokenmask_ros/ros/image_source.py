@@ -1,0 +1,155 @@
+"""``image_source``: publish camera-like image streams without a camera.
+
+Feeds demos and tests from a video file, an image folder, a camera device, or the built-in
+synthetic scene generator, at a fixed rate, with correct headers. Publishes
+``image`` (sensor_msgs/Image) and, on request, ``image/compressed``
+(sensor_msgs/CompressedImage, the image_transport naming). Exits with status 0 once
+``count`` frames are out or a non-looping source is exhausted.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import rclpy
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.duration import Duration
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from sensor_msgs.msg import CompressedImage, Image
+
+from tokenmask_ros.ros.conversions import (
+    ImageConversionError,
+    convert_encoding,
+    numpy_to_compressed,
+    numpy_to_image,
+)
+from tokenmask_ros.ros.qos import RELIABILITY, make_qos
+from tokenmask_ros.sources import SourceError, open_source
+
+OUTPUT_ENCODINGS = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8')
+
+# name -> (default, description, extra descriptor fields). config/image_source.yaml
+# repeats these defaults; a test keeps the two in step.
+PARAMETERS = {
+    'source': ('synthetic', '"synthetic", "camera:N", an image folder, or a video file', {}),
+    'rate': (10.0, 'publish rate in Hz', {'floating_point_range': [
+        FloatingPointRange(from_value=0.01, to_value=1000.0)]}),
+    'loop': (True, 'restart folders and videos at the end', {}),
+    'count': (0, 'frames to publish before exiting; 0 = no limit', {'integer_range': [
+        IntegerRange(from_value=0, to_value=2**31 - 1)]}),
+    'frame_id': ('camera', 'header.frame_id of every message', {}),
+    'encoding': ('rgb8', f'published encoding: {", ".join(OUTPUT_ENCODINGS)}', {}),
+    'width': (640, 'synthetic scene width; requested camera width', {'integer_range': [
+        IntegerRange(from_value=16, to_value=16384)]}),
+    'height': (480, 'synthetic scene height; requested camera height', {'integer_range': [
+        IntegerRange(from_value=16, to_value=16384)]}),
+    'seed': (0, 'seed of the synthetic scene generator', {}),
+    'publish_raw': (True, 'publish sensor_msgs/Image on "image"', {}),
+    'publish_compressed': (False, 'publish sensor_msgs/CompressedImage on "image/compressed"', {}),
+    'compressed_format': ('jpeg', 'compression of "image/compressed": jpeg or png', {}),
+    'jpeg_quality': (90, 'JPEG quality 1-100', {'integer_range': [
+        IntegerRange(from_value=1, to_value=100)]}),
+    'reliability': ('reliable', f'publisher reliability: {", ".join(RELIABILITY)}', {}),
+    'qos_depth': (5, 'publisher queue depth', {'integer_range': [
+        IntegerRange(from_value=1, to_value=1000)]}),
+}
+
+
+class ImageSourceNode(Node):
+    """Timer-driven publisher: one frame per tick, stamped when it is published."""
+
+    def __init__(self, **kwargs):
+        super().__init__('image_source', **kwargs)
+        for name, (default, description, extra) in PARAMETERS.items():
+            self.declare_parameter(name, default, ParameterDescriptor(
+                description=description, read_only=True, **extra))
+        p = {name: self.get_parameter(name).value for name in PARAMETERS}
+        self._check(p)
+        self.count, self.frame_id, self.encoding = p['count'], p['frame_id'], p['encoding']
+        self.compressed_format, self.jpeg_quality = p['compressed_format'], p['jpeg_quality']
+
+        self.source = open_source(p['source'], loop=p['loop'], width=p['width'],
+                                  height=p['height'], seed=p['seed'])
+        qos = make_qos(p['reliability'], p['qos_depth'])
+        self.raw_pub = self.create_publisher(Image, 'image', qos) if p['publish_raw'] else None
+        self.compressed_pub = (self.create_publisher(CompressedImage, 'image/compressed', qos)
+                               if p['publish_compressed'] else None)
+        self.published = 0
+        self.done = False
+        self.timer = self.create_timer(1.0 / p['rate'], self._tick)
+        self.get_logger().info(
+            f'publishing {self.source.description} at {p["rate"]:g} Hz as {self.encoding}'
+            + (f', {self.count} frame(s)' if self.count else ''))
+
+    @staticmethod
+    def _check(p: dict) -> None:
+        if p['encoding'] not in OUTPUT_ENCODINGS:
+            raise ValueError(f'encoding must be one of {OUTPUT_ENCODINGS}, got {p["encoding"]!r}')
+        if p['compressed_format'] not in ('jpeg', 'png'):
+            raise ValueError(
+                f'compressed_format must be jpeg or png, got {p["compressed_format"]!r}')
+        if not (p['publish_raw'] or p['publish_compressed']):
+            raise ValueError(
+                'publish_raw and publish_compressed are both false: nothing to publish')
+
+    def _tick(self) -> None:
+        if self.done:
+            return
+        frame = self.source.read()
+        if frame is None:
+            self._finish(f'source exhausted after {self.published} frame(s)')
+            return
+        pixels = convert_encoding(frame.pixels, frame.encoding, self.encoding)
+        msg = Image()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.frame_id = self.frame_id
+        if self.raw_pub is not None:
+            self.raw_pub.publish(numpy_to_image(pixels, self.encoding, msg=msg))
+        if self.compressed_pub is not None:
+            self.compressed_pub.publish(numpy_to_compressed(
+                pixels, self.encoding, self.compressed_format, self.jpeg_quality, msg.header))
+        self.published += 1
+        if self.count and self.published >= self.count:
+            self._finish(f'published {self.published} frame(s)')
+
+    def _finish(self, why: str) -> None:
+        self.done = True
+        self.timer.cancel()
+        self.get_logger().info(f'{why}; exiting')
+
+    def wait_for_delivery(self, timeout_s: float = 2.0) -> None:
+        """Let reliable subscribers acknowledge the last frames before the process exits."""
+        for pub in (self.raw_pub, self.compressed_pub):
+            if pub is not None and pub.qos_profile.reliability == RELIABILITY['reliable']:
+                pub.wait_for_all_acked(Duration(seconds=timeout_s))
+
+    def destroy_node(self):
+        self.source.close()
+        super().destroy_node()
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = ImageSourceNode()
+        while rclpy.ok() and not node.done:
+            rclpy.spin_once(node, timeout_sec=0.1)
+        node.wait_for_delivery()
+        return 0
+    except (KeyboardInterrupt, ExternalShutdownException):
+        return 0
+    except (SourceError, ValueError, ImageConversionError) as error:
+        logger = node.get_logger() if node else rclpy.logging.get_logger('image_source')
+        logger.fatal(str(error))
+        return 1
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Inference backends behind one Segmenter interface (no ROS imports)."""
