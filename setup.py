@@ -23,7 +23,6 @@ setup(
     maintainer_email='maintainers@tokenmask-ros.dev',
     description='Fast panoptic segmentation for ROS 2 with TokenMask (token-space mask head).',
     license='Apache-2.0',
-    tests_require=['pytest'],
     extras_require={'test': ['pytest']},
     entry_points={
         'console_scripts': [

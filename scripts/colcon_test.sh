@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 . scripts/ros_env.sh
 
 colcon --log-base log build --paths . --event-handlers console_cohesion- summary+ || exit 1
+set +u  # colcon's setup scripts read unset variables
 # shellcheck disable=SC1091
 . install/local_setup.bash
+set -u
 
 colcon --log-base log test --paths . --event-handlers console_direct+ summary+ \
   --pytest-args -v --durations=10

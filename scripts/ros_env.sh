@@ -10,8 +10,12 @@ if [ -x "$_tm_venv/bin/python" ]; then
   export CMAKE_PREFIX_PATH="$_tm_venv${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
 fi
 if [ -f "$_tm_root/.ros_underlay/install/local_setup.bash" ]; then
+  # colcon's setup scripts read unset variables: relax `set -u` while sourcing them.
+  case $- in *u*) _tm_nounset=1; set +u ;; *) _tm_nounset= ;; esac
   # shellcheck disable=SC1091
   . "$_tm_root/.ros_underlay/install/local_setup.bash"
+  [ -n "$_tm_nounset" ] && set -u
+  unset _tm_nounset
 fi
 export RMW_IMPLEMENTATION="${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
 unset _tm_root _tm_venv

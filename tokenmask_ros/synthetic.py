@@ -12,6 +12,7 @@ OpenCV's rasteriser and textures by whole-array NumPy maths: no per-pixel Python
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -117,7 +118,7 @@ class SceneGenerator:
         if kind == 0:  # stripes at a random angle
             angle, period = float(rng.uniform(0, np.pi)), float(rng.uniform(8, 48))
             scale = 2 * np.pi / period
-            kx, ky = scale * np.cos(angle), scale * np.sin(angle)
+            kx, ky = scale * math.cos(angle), scale * math.sin(angle)
             pattern = np.sin(self._xs * kx + self._ys * ky)
         elif kind == 1:  # checkerboard
             cell = float(rng.uniform(8, 40))
@@ -128,7 +129,7 @@ class SceneGenerator:
                                  interpolation=cv2.INTER_CUBIC)
         else:  # linear gradient
             angle = float(rng.uniform(0, 2 * np.pi))
-            ramp = self._xs * np.cos(angle) + self._ys * np.sin(angle)
+            ramp = self._xs * math.cos(angle) + self._ys * math.sin(angle)
             pattern = (ramp - ramp.mean()) / (float(np.abs(ramp).max()) + 1e-6)
         amplitude = float(rng.uniform(10, 35))
         return base + (amplitude * pattern)[..., None]
