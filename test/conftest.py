@@ -21,13 +21,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope='session')
 def rclpy_context():
-    """rclpy initialised once for the session; shut down at the end."""
+    """The default rclpy context, initialised once for the session and shut down at the end."""
     rclpy = pytest.importorskip('rclpy')
-    context = rclpy.context.Context()
-    rclpy.init(context=context)
-    yield context
-    if context.ok():
-        rclpy.shutdown(context=context)
+    rclpy.init()
+    yield rclpy.get_default_context()
+    if rclpy.ok():
+        rclpy.shutdown()
 
 
 @pytest.fixture()
@@ -36,7 +35,7 @@ def ros_node(rclpy_context, request):
     from rclpy.node import Node
 
     name = 'test_' + ''.join(c if c.isalnum() else '_' for c in request.node.name)[:60]
-    node = Node(name, context=rclpy_context)
+    node = Node(name)
     yield node
     node.destroy_node()
 

@@ -50,6 +50,9 @@ PARAMETERS = {
     'compressed_format': ('jpeg', 'compression of "image/compressed": jpeg or png', {}),
     'jpeg_quality': (90, 'JPEG quality 1-100', {'integer_range': [
         IntegerRange(from_value=1, to_value=100)]}),
+    'wait_for_subscribers': (0, 'hold the first frame until every enabled topic has this many '
+                             'subscribers (playback for tests and benchmarks)', {
+                                 'integer_range': [IntegerRange(from_value=0, to_value=1000)]}),
     'reliability': ('reliable', f'publisher reliability: {", ".join(RELIABILITY)}', {}),
     'qos_depth': (5, 'publisher queue depth', {'integer_range': [
         IntegerRange(from_value=1, to_value=1000)]}),
@@ -68,6 +71,7 @@ class ImageSourceNode(Node):
         self._check(p)
         self.count, self.frame_id, self.encoding = p['count'], p['frame_id'], p['encoding']
         self.compressed_format, self.jpeg_quality = p['compressed_format'], p['jpeg_quality']
+        self.wait_for_subscribers = p['wait_for_subscribers']
 
         self.source = open_source(p['source'], loop=p['loop'], width=p['width'],
                                   height=p['height'], seed=p['seed'])
@@ -94,7 +98,7 @@ class ImageSourceNode(Node):
                 'publish_raw and publish_compressed are both false: nothing to publish')
 
     def _tick(self) -> None:
-        if self.done:
+        if self.done or not self._subscribers_ready():
             return
         frame = self.source.read()
         if frame is None:
@@ -112,6 +116,12 @@ class ImageSourceNode(Node):
         self.published += 1
         if self.count and self.published >= self.count:
             self._finish(f'published {self.published} frame(s)')
+
+    def _subscribers_ready(self) -> bool:
+        if self.published or not self.wait_for_subscribers:
+            return True
+        publishers = [p for p in (self.raw_pub, self.compressed_pub) if p is not None]
+        return all(p.get_subscription_count() >= self.wait_for_subscribers for p in publishers)
 
     def _finish(self, why: str) -> None:
         self.done = True

@@ -1,0 +1,38 @@
+"""The installed ``tokenmask`` command."""
+
+import cv2
+import numpy as np
+from conftest import installed_executable, run_command
+
+from tokenmask_ros.synthetic import SceneGenerator
+
+
+def test_help_lists_the_commands_and_each_command_has_help():
+    result = run_command([*installed_executable('tokenmask'), '--help'])
+    assert result.returncode == 0
+    assert 'synth' in result.stdout
+    result = run_command([*installed_executable('tokenmask'), 'synth', '--help'])
+    assert result.returncode == 0
+    assert '--preview' in result.stdout
+
+
+def test_synth_writes_the_generator_scenes_and_previews(tmp_path):
+    out = tmp_path / 'scenes'
+    result = run_command([*installed_executable('tokenmask'), 'synth', str(out), '--count', '3',
+                          '--size', '96x64', '--seed', '5', '--preview'])
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        f'scene_0000{i}{suffix}.png' for i in range(3) for suffix in ('', '_preview')]
+    expected = SceneGenerator(height=64, width=96, seed=5).scene(1).image
+    written = cv2.imread(str(out / 'scene_00001.png'))[..., ::-1]
+    np.testing.assert_array_equal(written, expected)
+    assert cv2.imread(str(out / 'scene_00001_preview.png')).shape == (64, 192, 3)
+
+
+def test_bad_arguments_fail_with_usage_errors(tmp_path):
+    result = run_command([*installed_executable('tokenmask'), 'synth', str(tmp_path),
+                          '--size', '64by48'])
+    assert result.returncode == 2
+    assert 'expected WIDTHxHEIGHT' in result.stderr
+    result = run_command([*installed_executable('tokenmask')])
+    assert result.returncode == 2

@@ -1,0 +1,143 @@
+"""The installed ``image_source`` console script in its own process, heard over real DDS."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import time
+import uuid
+
+import cv2
+import numpy as np
+import pytest
+from conftest import installed_executable
+
+pytestmark = pytest.mark.dds
+
+rclpy = pytest.importorskip('rclpy')
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+
+from tokenmask_ros.ros.conversions import compressed_to_numpy, image_to_numpy  # noqa: E402
+
+RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def start_source(topic: str, *params: str) -> subprocess.Popen:
+    args = [*installed_executable('image_source'), '--ros-args', '-r', f'image:={topic}',
+            '-r', f'image/compressed:={topic}/compressed']
+    for param in params:
+        args += ['-p', param]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=os.environ.copy())
+
+
+def collect(node, msg_type, topic: str, until, timeout: float = 30.0) -> list:
+    """Spin ``node`` until ``until(received)`` holds or ``timeout`` passes."""
+    received = []
+    sub = node.create_subscription(msg_type, topic, received.append, RELIABLE)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not until(received):
+            rclpy.spin_once(node, timeout_sec=0.05)
+    finally:
+        node.destroy_subscription(sub)
+    return received
+
+
+def unique_topic() -> str:
+    return f'/test_{uuid.uuid4().hex[:10]}/image'
+
+
+def stamp_ns(msg) -> int:
+    return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+
+
+def test_publishes_count_frames_with_headers_then_exits_cleanly(ros_node):
+    topic = unique_topic()
+    # The subscription exists before the publisher starts, so no frame is missed.
+    received = []
+    ros_node.create_subscription(Image, topic, received.append, RELIABLE)
+    process = start_source(topic, 'count:=6', 'rate:=15.0', 'width:=160', 'height:=120',
+                           'frame_id:=test_cam', 'encoding:=bgr8', 'wait_for_subscribers:=1')
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(received) < 6:
+            rclpy.spin_once(ros_node, timeout_sec=0.05)
+        output = process.communicate(timeout=15)[0]
+    finally:
+        process.kill()
+    assert process.returncode == 0, output
+    assert 'published 6 frame(s); exiting' in output
+    assert len(received) == 6
+    for msg in received:
+        assert (msg.width, msg.height, msg.encoding) == (160, 120, 'bgr8')
+        assert msg.header.frame_id == 'test_cam'
+        assert image_to_numpy(msg).shape == (120, 160, 3)
+    stamps = [stamp_ns(m) for m in received]
+    assert all(b > a for a, b in itertools.pairwise(stamps))
+    # 15 Hz: consecutive stamps about 67 ms apart (loose bounds: CI machines are busy).
+    assert 20e6 < np.median(np.diff(stamps)) < 250e6
+
+
+def test_folder_source_publishes_the_files_pixel_exact_and_compressed(ros_node, tmp_path):
+    images = []
+    for i in range(3):
+        image = np.zeros((40, 56, 3), np.uint8)
+        image[:, :, i] = 200
+        image[5:15, 5 + 10 * i:15 + 10 * i] = 255
+        cv2.imwrite(str(tmp_path / f'{i:02d}.png'), image)
+        images.append(image)
+    topic = unique_topic()
+    raw, compressed = [], []
+    ros_node.create_subscription(Image, topic, raw.append, RELIABLE)
+    ros_node.create_subscription(CompressedImage, f'{topic}/compressed', compressed.append,
+                                 RELIABLE)
+    process = start_source(topic, f'source:={tmp_path}', 'loop:=false', 'rate:=20.0',
+                           'wait_for_subscribers:=1',
+                           'encoding:=rgb8', 'publish_compressed:=true',
+                           'compressed_format:=png')
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (len(raw) < 3 or len(compressed) < 3):
+            rclpy.spin_once(ros_node, timeout_sec=0.05)
+        output = process.communicate(timeout=15)[0]
+    finally:
+        process.kill()
+    assert process.returncode == 0, output
+    assert 'source exhausted after 3 frame(s)' in output
+    assert [len(raw), len(compressed)] == [3, 3]
+    for msg, cmsg, bgr in zip(raw, compressed, images, strict=True):
+        np.testing.assert_array_equal(image_to_numpy(msg), bgr[..., ::-1])
+        assert cmsg.format == 'rgb8; png compressed bgr8'
+        assert cmsg.header == msg.header
+        np.testing.assert_array_equal(compressed_to_numpy(cmsg, 'bgr8'), bgr)
+
+
+def test_sigint_stops_an_endless_stream_cleanly(ros_node):
+    topic = unique_topic()
+    process = start_source(topic, 'rate:=30.0', 'width:=64', 'height:=48')
+    try:
+        received = collect(ros_node, Image, topic, until=lambda r: len(r) >= 3)
+        assert len(received) >= 3
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=15)[0]
+    finally:
+        process.kill()
+    assert process.returncode == 0, output
+    assert 'Traceback' not in output
+
+
+@pytest.mark.parametrize(('params', 'message'), [
+    (['source:=/definitely/not/here'], 'is not "synthetic"'),
+    (['encoding:=yuv422'], 'encoding must be one of'),
+    (['publish_raw:=false'], 'nothing to publish'),
+])
+def test_bad_parameters_exit_with_status_1_and_a_clear_message(params, message):
+    process = start_source(unique_topic(), *params)
+    output = process.communicate(timeout=30)[0]
+    assert process.returncode == 1, output
+    assert message in output
+    assert 'Traceback' not in output
