@@ -12,6 +12,7 @@ set +u  # colcon's setup scripts read unset variables
 . install/local_setup.bash
 set -u
 
+export TOKENMASK_REQUIRE_INSTALLED=1  # tests must use the installed console scripts
 colcon --log-base log test --paths . --event-handlers console_direct+ summary+ \
   --pytest-args -v --durations=10
 test_rc=$?
