@@ -1,0 +1,53 @@
+"""timm ViT backbones at a fixed input size and patch 16, and loading their weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from tokenmask_ros.model.config import TokenMaskConfig
+
+
+def build_backbone(config: TokenMaskConfig) -> VisionTransformer:
+    """A randomly initialised timm ViT with the config's grid; no classifier, no download."""
+    sizes = {k: v for k, v in (('embed_dim', config.embed_dim), ('depth', config.depth),
+                               ('num_heads', config.num_heads)) if v is not None}
+    try:
+        backbone = timm.create_model(
+            config.backbone, pretrained=False, num_classes=0, global_pool='',
+            img_size=config.img_size, patch_size=config.patch_size, dynamic_img_size=False,
+            **sizes)
+    except RuntimeError as error:  # timm: "Unknown model (...)"
+        raise ValueError(f'cannot build backbone {config.backbone!r}: {error}') from None
+    if not isinstance(backbone, VisionTransformer):
+        raise ValueError(f'backbone {config.backbone!r} is a {type(backbone).__name__}, '
+                         'not a timm VisionTransformer')
+    if config.num_query_blocks > len(backbone.blocks):
+        raise ValueError(f'num_query_blocks {config.num_query_blocks} exceeds the '
+                         f'{len(backbone.blocks)} blocks of {config.backbone}')
+    return backbone
+
+
+def load_backbone_weights(backbone: VisionTransformer, path: str | Path) -> None:
+    """Load pretrained ViT weights from a local safetensors file (timm or DINOv2 layout).
+
+    timm's checkpoint filter resamples a patch-14 embedding to patch 16 and the position
+    embeddings to this grid, once, at load time (what EoMT does for DINOv2).
+    """
+    from safetensors.torch import load_file
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    state = checkpoint_filter_fn(load_file(str(path)), backbone)
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    unexpected = [k for k in unexpected if not k.startswith('head')]
+    if missing or unexpected:
+        raise ValueError(f'{path}: backbone weights do not fit {type(backbone).__name__}: '
+                         f'missing {missing[:5]}, unexpected {unexpected[:5]}')
+
+
+@torch.no_grad()
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,118 @@
+"""Checkpoints as safetensors files that describe themselves.
+
+The safetensors metadata holds the full :class:`TokenMaskConfig` (with class names,
+thing/stuff flags and colours) as JSON and a SHA-256 over every tensor, so
+``load_checkpoint(path)`` rebuilds the model with no other input and refuses files that are
+truncated, foreign, or altered after saving. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from tokenmask_ros.model.config import TokenMaskConfig
+from tokenmask_ros.model.tokenmask import TokenMask, build_model
+
+FORMAT = 'tokenmask'
+FORMAT_VERSION = '1'
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used: the message says which file and why."""
+
+
+def tensor_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of all tensors, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().to('cpu').contiguous()
+        digest.update(f'{name}|{tensor.dtype}|{tuple(tensor.shape)}|'.encode())
+        digest.update(tensor.view(torch.uint8).numpy() if tensor.numel() else b'')
+    return digest.hexdigest()
+
+
+def save_checkpoint(model: TokenMask, path: str | Path, extra_metadata: dict | None = None) -> Path:
+    """Write ``model`` atomically (temp file + rename) with its config in the metadata."""
+    path = Path(path)
+    state = {k: v.detach().to('cpu').contiguous() for k, v in model.state_dict().items()}
+    metadata = {
+        'format': FORMAT,
+        'format_version': FORMAT_VERSION,
+        'config': json.dumps(model.config.to_dict()),
+        'sha256': tensor_digest(state),
+    }
+    for key, value in (extra_metadata or {}).items():
+        metadata[f'user.{key}'] = str(value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    os.close(handle)
+    try:
+        save_file(state, temp, metadata=metadata)
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The safetensors metadata of ``path``; raises :class:`CheckpointError` if unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'checkpoint {path} does not exist')
+    try:
+        with safe_open(str(path), framework='pt') as handle:
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f'{path} is not a readable safetensors file (truncated or '
+                              f'corrupt?): {error}') from None
+
+
+def load_config(path: str | Path) -> TokenMaskConfig:
+    """The model config stored in a checkpoint, without loading its tensors."""
+    metadata = read_metadata(path)
+    if metadata.get('format') != FORMAT:
+        raise CheckpointError(f'{path} is a safetensors file but not a tokenmask checkpoint '
+                              f'(metadata format={metadata.get("format")!r}); import EoMT '
+                              'weights with `tokenmask import-eomt`')
+    if metadata.get('format_version') != FORMAT_VERSION:
+        raise CheckpointError(f'{path} has checkpoint format version '
+                              f'{metadata.get("format_version")!r}; this code reads {FORMAT_VERSION}')
+    try:
+        return TokenMaskConfig.from_dict(json.loads(metadata['config']))
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f'{path} has an unusable model config: {error}') from None
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = 'cpu') -> TokenMask:
+    """Rebuild the model stored in ``path`` and return it in eval mode on ``device``."""
+    config = load_config(path)
+    expected_digest = read_metadata(path).get('sha256')
+    try:
+        with safe_open(str(path), framework='pt', device='cpu') as handle:
+            state = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, RuntimeError) as error:
+        raise CheckpointError(f'{path}: tensor data is unreadable (truncated?): {error}') from None
+    if expected_digest != tensor_digest(state):
+        raise CheckpointError(f'{path}: tensor checksum mismatch: the file was modified or '
+                              'damaged after it was saved')
+    model = build_model(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(k for k in set(state) & set(expected)
+                         if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong_shape:
+        raise CheckpointError(
+            f'{path}: tensors do not match its config: missing {missing[:5]}, '
+            f'unexpected {unexpected[:5]}, wrong shape {wrong_shape[:5]}')
+    model.load_state_dict(state)
+    return model.to(device).eval()

@@ -1,0 +1,164 @@
+"""Model configuration and the named backbone presets.
+
+Defaults live here, in one dataclass; YAML configs and checkpoints only carry what differs.
+The config round-trips through JSON (``to_dict`` / ``from_dict``) so a checkpoint's
+safetensors metadata can rebuild the exact model without any pickled object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+HEADS = ('tokenmask', 'eomt')
+UPSAMPLING = {'tokenmask': ('logit', 'none'), 'eomt': ('feature',)}
+OUTPUT_STRIDES = (1, 2, 4, 8, 16)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """One category: its name, whether it is a countable thing, and its display colour."""
+
+    name: str
+    is_thing: bool = True
+    color: tuple[int, int, int] | None = None
+
+
+@dataclass(frozen=True)
+class BackbonePreset:
+    """A ViT size as the paper uses it: width D, depth, heads, and L2 query blocks."""
+
+    backbone: str
+    embed_dim: int
+    depth: int
+    num_heads: int
+    num_query_blocks: int
+
+
+# L2 follows EoMT's public configs (3 for ViT-S/B, 4 for ViT-L, 5 for ViT-g); ViT-T has no
+# EoMT config and takes ViT-S's value. DINOv2 weights load into the patch-16 grid
+# (``load_backbone_weights`` resamples the patch embedding and positions once).
+PRESETS: dict[str, BackbonePreset] = {
+    'tiny': BackbonePreset('vit_tiny_patch16_224', 192, 12, 3, 3),
+    'small': BackbonePreset('vit_small_patch14_reg4_dinov2', 384, 12, 6, 3),
+    'base': BackbonePreset('vit_base_patch14_reg4_dinov2', 768, 12, 12, 3),
+    'large': BackbonePreset('vit_large_patch14_reg4_dinov2', 1024, 24, 16, 4),
+    'giant': BackbonePreset('vit_giant_patch14_reg4_dinov2', 1536, 40, 24, 5),
+}
+
+
+def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return (size, size)
+    height, width = size
+    return (int(height), int(width))
+
+
+@dataclass(frozen=True)
+class TokenMaskConfig:
+    """Everything needed to build a TokenMask or EoMT model.
+
+    ``embed_dim``/``depth``/``num_heads`` override the timm backbone's own sizes (``None``
+    keeps them); tiny test models use them. ``output_stride`` is the mask resolution
+    relative to the input: logits are bilinearly upsampled to it (``tokenmask`` +
+    ``logit``), produced at the patch grid (``tokenmask`` + ``none``: stride = patch size),
+    or reached with learned ScaleBlocks (``eomt`` + ``feature``: log2(patch/stride) blocks,
+    EoMT's default two at stride 4).
+    """
+
+    backbone: str = 'vit_small_patch16_224'
+    img_size: int | tuple[int, int] = 640
+    patch_size: int = 16
+    num_queries: int = 200
+    num_query_blocks: int = 3
+    num_classes: int = 133
+    head: str = 'tokenmask'
+    upsample: str = 'logit'
+    output_stride: int = 4
+    classes: tuple[ClassInfo, ...] = ()
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
+    pixel_std: tuple[float, float, float] = IMAGENET_STD
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, 'img_size', _pair(self.img_size))
+        object.__setattr__(self, 'classes', tuple(
+            c if isinstance(c, ClassInfo) else ClassInfo(**c) for c in self.classes))
+        problems = list(self._problems())
+        if problems:
+            raise ValueError('invalid TokenMaskConfig: ' + '; '.join(problems))
+
+    def _problems(self):
+        if self.head not in HEADS:
+            yield f'head must be one of {HEADS}, got {self.head!r}'
+        elif self.upsample not in UPSAMPLING[self.head]:
+            yield f'head {self.head!r} takes upsample {UPSAMPLING[self.head]}, got {self.upsample!r}'
+        if self.output_stride not in OUTPUT_STRIDES:
+            yield f'output_stride must be one of {OUTPUT_STRIDES}, got {self.output_stride}'
+        elif self.patch_size % self.output_stride:
+            yield f'output_stride {self.output_stride} must divide patch_size {self.patch_size}'
+        if self.upsample == 'none' and self.output_stride != self.patch_size:
+            yield (f'upsample "none" predicts at the patch grid: output_stride must be '
+                   f'{self.patch_size}, got {self.output_stride}')
+        if any(s <= 0 or s % self.patch_size for s in self.img_size):
+            yield f'img_size {self.img_size} must be positive multiples of {self.patch_size}'
+        if self.num_queries < 1 or self.num_query_blocks < 1 or self.num_classes < 1:
+            yield 'num_queries, num_query_blocks and num_classes must be >= 1'
+        if self.depth is not None and self.num_query_blocks > self.depth:
+            yield f'num_query_blocks {self.num_query_blocks} exceeds depth {self.depth}'
+        if self.classes:
+            if len(self.classes) != self.num_classes:
+                yield f'{len(self.classes)} class names for num_classes={self.num_classes}'
+            names = [c.name for c in self.classes]
+            if len(set(names)) != len(names):
+                yield 'class names must be unique'
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size)
+
+    @property
+    def mask_size(self) -> tuple[int, int]:
+        """(H, W) of ``mask_logits``."""
+        return (self.img_size[0] // self.output_stride, self.img_size[1] // self.output_stride)
+
+    def replace(self, **changes) -> TokenMaskConfig:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data['img_size'] = list(self.img_size)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TokenMaskConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f'unknown TokenMaskConfig field(s): {sorted(unknown)}')
+        data = dict(data)
+        for key in ('pixel_mean', 'pixel_std'):
+            if key in data:
+                data[key] = tuple(data[key])
+        if 'classes' in data:
+            data['classes'] = tuple(
+                ClassInfo(c['name'], bool(c.get('is_thing', True)),
+                          tuple(c['color']) if c.get('color') is not None else None)
+                for c in data['classes'])
+        return cls(**data)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> TokenMaskConfig:
+        """A config for one of :data:`PRESETS` (``tiny`` ... ``giant``) plus overrides."""
+        try:
+            preset = PRESETS[name]
+        except KeyError:
+            raise ValueError(f'unknown preset {name!r}; choose from {sorted(PRESETS)}') from None
+        values = {'backbone': preset.backbone, 'num_query_blocks': preset.num_query_blocks}
+        values.update(overrides)
+        return cls(**values)

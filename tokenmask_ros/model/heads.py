@@ -1,0 +1,72 @@
+"""The two mask heads. Both turn (queries, patch tokens) into per-query mask logits.
+
+``TokenMaskHead`` is the paper: one batched GEMM between projected queries and patch
+tokens (eq. 7-9), a reshape to the patch grid (eq. 10), and bilinear interpolation of the
+*logits* (eq. 11). ``EoMTHead`` is the image-space baseline: patch tokens are rebuilt into a
+(D, h, w) map, upscaled by learned ScaleBlocks, and scored with an einsum.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from timm.layers import LayerNorm2d
+from torch import nn
+
+
+class MaskMLP(nn.Sequential):
+    """Query -> mask embedding: Linear-GELU-Linear-GELU-Linear at width D (EoMT)."""
+
+    def __init__(self, dim: int):
+        super().__init__(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim), nn.GELU(),
+                         nn.Linear(dim, dim))
+
+
+class TokenMaskHead(nn.Module):
+    """Token-space scoring; has no parameters besides the shared mask MLP."""
+
+    def __init__(self, grid_size: tuple[int, int], patch_size: int, output_stride: int):
+        super().__init__()
+        self.grid_size = tuple(grid_size)
+        self.scale = patch_size // output_stride
+
+    def forward(self, mask_embed: torch.Tensor, patch_tokens: torch.Tensor) -> torch.Tensor:
+        # eq. (7)-(9): A = E_q X^T, one GEMM on the token sequence [B, K, D] x [B, D, N].
+        affinity = torch.bmm(mask_embed, patch_tokens.transpose(1, 2))
+        # eq. (10): back to the patch grid.
+        logits = affinity.unflatten(2, self.grid_size)
+        # eq. (11): interpolation in logit space (K channels, not D).
+        if self.scale > 1:
+            logits = F.interpolate(logits, scale_factor=self.scale, mode='bilinear',
+                                   align_corners=False)
+        return logits
+
+
+class ScaleBlock(nn.Module):
+    """EoMT's learned 2x upscale: ConvTranspose2d -> GELU -> depthwise 3x3 -> LayerNorm2d."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv1 = nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
+        self.act = nn.GELU()
+        self.conv2 = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim, bias=False)
+        self.norm = LayerNorm2d(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv2(self.act(self.conv1(x))))
+
+
+class EoMTHead(nn.Module):
+    """Image-space scoring after log2(patch / stride) learned ScaleBlocks (eq. 2-6)."""
+
+    def __init__(self, dim: int, grid_size: tuple[int, int], patch_size: int, output_stride: int):
+        super().__init__()
+        self.grid_size = tuple(grid_size)
+        num_blocks = int(math.log2(patch_size // output_stride))
+        self.upscale = nn.Sequential(*[ScaleBlock(dim) for _ in range(num_blocks)])
+
+    def forward(self, mask_embed: torch.Tensor, patch_tokens: torch.Tensor) -> torch.Tensor:
+        feature_map = patch_tokens.transpose(1, 2).unflatten(2, self.grid_size)  # eq. (2)
+        return torch.einsum('bkd,bdhw->bkhw', mask_embed, self.upscale(feature_map))  # eq. (5)
