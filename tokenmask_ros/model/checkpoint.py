@@ -85,7 +85,8 @@ def load_config(path: str | Path) -> TokenMaskConfig:
                               'weights with `tokenmask import-eomt`')
     if metadata.get('format_version') != FORMAT_VERSION:
         raise CheckpointError(f'{path} has checkpoint format version '
-                              f'{metadata.get("format_version")!r}; this code reads {FORMAT_VERSION}')
+                              f'{metadata.get("format_version")!r}; this code reads '
+                              f'{FORMAT_VERSION}')
     try:
         return TokenMaskConfig.from_dict(json.loads(metadata['config']))
     except (KeyError, TypeError, ValueError) as error:

@@ -97,7 +97,8 @@ class TokenMaskConfig:
         if self.head not in HEADS:
             yield f'head must be one of {HEADS}, got {self.head!r}'
         elif self.upsample not in UPSAMPLING[self.head]:
-            yield f'head {self.head!r} takes upsample {UPSAMPLING[self.head]}, got {self.upsample!r}'
+            yield (f'head {self.head!r} takes upsample {UPSAMPLING[self.head]}, '
+                   f'got {self.upsample!r}')
         if self.output_stride not in OUTPUT_STRIDES:
             yield f'output_stride must be one of {OUTPUT_STRIDES}, got {self.output_stride}'
         elif self.patch_size % self.output_stride:
