@@ -226,3 +226,22 @@ def test_config_round_trips_through_json_and_knows_its_sizes():
 def test_unknown_backbone_is_a_clear_error():
     with pytest.raises(ValueError, match="cannot build backbone 'vit_nonexistent'"):
         build_model(tiny_config(backbone='vit_nonexistent'))
+
+
+def test_exported_inference_graph_is_one_gemm_one_upsample_and_no_masking():
+    """The eval graph (what ONNX/TensorRT see): no attention masks, no random re-opening,
+    exactly one token-space GEMM and one logit interpolation, no learned upscale."""
+    from collections import Counter
+
+    model = build_model(tiny_config()).eval()
+    model.set_attention_mask_probs([1.0])
+    graph = torch.export.export(model, (torch.rand(1, 3, 64, 64),)).graph
+    ops = Counter(str(n.target) for n in graph.nodes if n.op == 'call_function')
+    assert ops['aten.bmm.default'] == 1
+    assert ops['aten.upsample_bilinear2d.vec'] == 1
+    assert ops['aten.conv2d.default'] == 1  # the patch embedding only
+    assert not any('rand' in op or 'conv_transpose' in op for op in ops)
+    assert ops['aten.scaled_dot_product_attention.default'] == 2  # two blocks, unmasked
+    sdpa = [n for n in graph.nodes if str(n.target).startswith('aten.scaled_dot')]
+    # (q, k, v) only: no attention mask, positional or keyword.
+    assert all(len(n.args) == 3 and n.kwargs.get('attn_mask') is None for n in sdpa)
