@@ -34,17 +34,27 @@ def start_source(topic: str, *params: str) -> subprocess.Popen:
                             env=os.environ.copy())
 
 
-def collect(node, msg_type, topic: str, until, timeout: float = 30.0) -> list:
-    """Spin ``node`` until ``until(received)`` holds or ``timeout`` passes."""
+def subscribe(node, msg_type, topic: str) -> list:
+    """A reliable subscription that appends every message to the returned list."""
     received = []
-    sub = node.create_subscription(msg_type, topic, received.append, RELIABLE)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline and not until(received):
-            rclpy.spin_once(node, timeout_sec=0.05)
-    finally:
-        node.destroy_subscription(sub)
+    node.create_subscription(msg_type, topic, received.append, RELIABLE)
     return received
+
+
+def spin_until(node, done, timeout: float = 30.0) -> None:
+    """Spin ``node`` until ``done()`` holds or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not done():
+        rclpy.spin_once(node, timeout_sec=0.05)
+
+
+def run_source_until(node, process: subprocess.Popen, done) -> str:
+    """Spin until ``done()``, then wait for the source to exit; returns its output."""
+    try:
+        spin_until(node, done)
+        return process.communicate(timeout=15)[0]
+    finally:
+        process.kill()
 
 
 def unique_topic() -> str:
@@ -57,18 +67,10 @@ def stamp_ns(msg) -> int:
 
 def test_publishes_count_frames_with_headers_then_exits_cleanly(ros_node):
     topic = unique_topic()
-    # The subscription exists before the publisher starts, so no frame is missed.
-    received = []
-    ros_node.create_subscription(Image, topic, received.append, RELIABLE)
+    received = subscribe(ros_node, Image, topic)
     process = start_source(topic, 'count:=6', 'rate:=15.0', 'width:=160', 'height:=120',
                            'frame_id:=test_cam', 'encoding:=bgr8', 'wait_for_subscribers:=1')
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(received) < 6:
-            rclpy.spin_once(ros_node, timeout_sec=0.05)
-        output = process.communicate(timeout=15)[0]
-    finally:
-        process.kill()
+    output = run_source_until(ros_node, process, lambda: len(received) >= 6)
     assert process.returncode == 0, output
     assert 'published 6 frame(s); exiting' in output
     assert len(received) == 6
@@ -91,21 +93,12 @@ def test_folder_source_publishes_the_files_pixel_exact_and_compressed(ros_node, 
         cv2.imwrite(str(tmp_path / f'{i:02d}.png'), image)
         images.append(image)
     topic = unique_topic()
-    raw, compressed = [], []
-    ros_node.create_subscription(Image, topic, raw.append, RELIABLE)
-    ros_node.create_subscription(CompressedImage, f'{topic}/compressed', compressed.append,
-                                 RELIABLE)
+    raw = subscribe(ros_node, Image, topic)
+    compressed = subscribe(ros_node, CompressedImage, f'{topic}/compressed')
     process = start_source(topic, f'source:={tmp_path}', 'loop:=false', 'rate:=20.0',
-                           'wait_for_subscribers:=1',
-                           'encoding:=rgb8', 'publish_compressed:=true',
+                           'wait_for_subscribers:=1', 'encoding:=rgb8', 'publish_compressed:=true',
                            'compressed_format:=png')
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and (len(raw) < 3 or len(compressed) < 3):
-            rclpy.spin_once(ros_node, timeout_sec=0.05)
-        output = process.communicate(timeout=15)[0]
-    finally:
-        process.kill()
+    output = run_source_until(ros_node, process, lambda: len(raw) >= 3 and len(compressed) >= 3)
     assert process.returncode == 0, output
     assert 'source exhausted after 3 frame(s)' in output
     assert [len(raw), len(compressed)] == [3, 3]
@@ -118,9 +111,10 @@ def test_folder_source_publishes_the_files_pixel_exact_and_compressed(ros_node, 
 
 def test_sigint_stops_an_endless_stream_cleanly(ros_node):
     topic = unique_topic()
+    received = subscribe(ros_node, Image, topic)
     process = start_source(topic, 'rate:=30.0', 'width:=64', 'height:=48')
     try:
-        received = collect(ros_node, Image, topic, until=lambda r: len(r) >= 3)
+        spin_until(ros_node, lambda: len(received) >= 3)
         assert len(received) >= 3
         process.send_signal(signal.SIGINT)
         output = process.communicate(timeout=15)[0]
