@@ -66,7 +66,40 @@ def _add_synth(subparsers) -> None:
     parser.set_defaults(func=cmd_synth)
 
 
-COMMANDS = (_add_synth,)
+def cmd_import_eomt(args: argparse.Namespace) -> int:
+    """Convert a Hugging Face EoMT folder (config.json + model.safetensors) to a checkpoint."""
+    from tokenmask_ros.model import save_checkpoint
+    from tokenmask_ros.model.eomt_import import EomtImportError, import_hf_eomt
+
+    try:
+        model = import_hf_eomt(args.folder)
+        path = save_checkpoint(model, args.output,
+                               extra_metadata={'imported_from': Path(args.folder).resolve().name})
+    except (EomtImportError, OSError) as error:
+        print(f'tokenmask import-eomt: error: {error}', file=sys.stderr)
+        return 1
+    if not args.quiet:
+        config = model.config
+        print(f'imported {args.folder} ({config.backbone}, width {config.embed_dim}, depth '
+              f'{config.depth}, {config.num_classes} classes, {config.num_queries} queries) '
+              f'to {path}')
+    return 0
+
+
+def _add_import_eomt(subparsers) -> None:
+    parser = subparsers.add_parser(
+        'import-eomt', help='convert a Hugging Face transformers EoMT model to a checkpoint',
+        description=cmd_import_eomt.__doc__)
+    parser.add_argument('folder', metavar='DIR',
+                        help='folder saved by EomtForUniversalSegmentation '
+                        '(config.json and model.safetensors)')
+    parser.add_argument('-o', '--output', required=True, metavar='OUT',
+                        help='checkpoint to write (.safetensors; replaced if it exists)')
+    parser.add_argument('--quiet', action='store_true', help='no summary line')
+    parser.set_defaults(func=cmd_import_eomt)
+
+
+COMMANDS = (_add_synth, _add_import_eomt)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,8 +19,8 @@ def build_backbone(config: TokenMaskConfig) -> VisionTransformer:
         backbone = timm.create_model(
             config.backbone, pretrained=False, num_classes=0, global_pool='',
             img_size=config.img_size, patch_size=config.patch_size, dynamic_img_size=False,
-            **sizes)
-    except RuntimeError as error:  # timm: "Unknown model (...)"
+            **sizes, **config.backbone_kwargs)
+    except (RuntimeError, TypeError) as error:  # timm: "Unknown model (...)", bad kwargs
         raise ValueError(f'cannot build backbone {config.backbone!r}: {error}') from None
     if not isinstance(backbone, VisionTransformer):
         raise ValueError(f'backbone {config.backbone!r} is a {type(backbone).__name__}, '

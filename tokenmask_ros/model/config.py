@@ -11,6 +11,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 HEADS = ('tokenmask', 'eomt')
+# Arguments the backbone builder sets from other fields; backbone_kwargs must not repeat them.
+MANAGED_BACKBONE_ARGS = ('pretrained', 'num_classes', 'global_pool', 'img_size', 'patch_size',
+                         'dynamic_img_size', 'embed_dim', 'depth', 'num_heads')
 UPSAMPLING = {'tokenmask': ('logit', 'none'), 'eomt': ('feature',)}
 OUTPUT_STRIDES = (1, 2, 4, 8, 16)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -65,7 +68,9 @@ class TokenMaskConfig:
     relative to the input: logits are bilinearly upsampled to it (``tokenmask`` +
     ``logit``), produced at the patch grid (``tokenmask`` + ``none``: stride = patch size),
     or reached with learned ScaleBlocks (``eomt`` + ``feature``: log2(patch/stride) blocks,
-    EoMT's default two at stride 4).
+    EoMT's default two at stride 4). ``backbone_kwargs`` are further JSON-valued keyword
+    arguments for ``timm.create_model`` (e.g. ``reg_tokens``, ``init_values``) for
+    architectures the backbone name alone does not pin down, such as imported EoMT models.
     """
 
     backbone: str = 'vit_small_patch16_224'
@@ -84,6 +89,7 @@ class TokenMaskConfig:
     pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
     pixel_std: tuple[float, float, float] = IMAGENET_STD
     extra: dict[str, Any] = field(default_factory=dict)
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         object.__setattr__(self, 'img_size', _pair(self.img_size))
@@ -112,6 +118,9 @@ class TokenMaskConfig:
             yield 'num_queries, num_query_blocks and num_classes must be >= 1'
         if self.depth is not None and self.num_query_blocks > self.depth:
             yield f'num_query_blocks {self.num_query_blocks} exceeds depth {self.depth}'
+        managed = sorted(set(self.backbone_kwargs) & set(MANAGED_BACKBONE_ARGS))
+        if managed:
+            yield f'backbone_kwargs must not set {managed}: use the config fields'
         if self.classes:
             if len(self.classes) != self.num_classes:
                 yield f'{len(self.classes)} class names for num_classes={self.num_classes}'
