@@ -40,13 +40,14 @@ class BackbonePreset:
     num_query_blocks: int
 
 
-# L2 follows EoMT's public configs (3 for ViT-S/B, 4 for ViT-L, 5 for ViT-g); ViT-T has no
-# EoMT config and takes ViT-S's value. DINOv2 weights load into the patch-16 grid
-# (``load_backbone_weights`` resamples the patch embedding and positions once).
+# L2 = 4 for ViT-T/S/B/L and 5 for ViT-g: EoMT's code default, and the value under which
+# the TokenMask paper's cost tables reproduce exactly (training/README.md, "Cost benchmark";
+# EoMT's own COCO configs use 3 for ViT-S/B, pass num_query_blocks=3 for those). DINOv2
+# weights load into the patch-16 grid (``load_backbone_weights`` resamples them once).
 PRESETS: dict[str, BackbonePreset] = {
-    'tiny': BackbonePreset('vit_tiny_patch16_224', 192, 12, 3, 3),
-    'small': BackbonePreset('vit_small_patch14_reg4_dinov2', 384, 12, 6, 3),
-    'base': BackbonePreset('vit_base_patch14_reg4_dinov2', 768, 12, 12, 3),
+    'tiny': BackbonePreset('vit_tiny_patch16_224', 192, 12, 3, 4),
+    'small': BackbonePreset('vit_small_patch14_reg4_dinov2', 384, 12, 6, 4),
+    'base': BackbonePreset('vit_base_patch14_reg4_dinov2', 768, 12, 12, 4),
     'large': BackbonePreset('vit_large_patch14_reg4_dinov2', 1024, 24, 16, 4),
     'giant': BackbonePreset('vit_giant_patch14_reg4_dinov2', 1536, 40, 24, 5),
 }
