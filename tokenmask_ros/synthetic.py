@@ -1,5 +1,8 @@
 """Synthetic panoptic scenes: coloured shapes on textured backgrounds.
 
+Classes: stuff ``floor``, ``wall``, ``rug``; things ``disc``, ``box``, ``triangle``, ``ring``
+(annulus), ``bar`` (3-6 px wide rod) and ``cross``, in sizes from ~12 px across, overlapping.
+
 One generator serves three users: the ``image_source`` node (a camera-free demo stream),
 the training code (a dataset a model can learn in minutes on a CPU), and the tests (images
 with exact ground truth). A scene is a function of ``(seed, index)`` only, so dataset
@@ -38,9 +41,14 @@ SYNTHETIC_CLASSES: tuple[SceneClass, ...] = (
     SceneClass(2, 'disc', True, (220, 20, 60)),
     SceneClass(3, 'box', True, (0, 0, 142)),
     SceneClass(4, 'triangle', True, (250, 170, 30)),
+    SceneClass(5, 'ring', True, (119, 11, 32)),
+    SceneClass(6, 'bar', True, (0, 80, 100)),
+    SceneClass(7, 'cross', True, (0, 0, 230)),
+    SceneClass(8, 'rug', False, (152, 251, 152)),
 )
-FLOOR, WALL, DISC, BOX, TRIANGLE = range(5)
-THING_CLASSES = (DISC, BOX, TRIANGLE)
+FLOOR, WALL, DISC, BOX, TRIANGLE, RING, BAR, CROSS, RUG = range(9)
+THING_CLASSES = (DISC, BOX, TRIANGLE, RING, BAR, CROSS)
+STUFF_CLASSES = (FLOOR, WALL, RUG)
 
 
 @dataclass(frozen=True)
@@ -69,27 +77,48 @@ class SyntheticScene:
 
 
 class SceneGenerator:
-    """Deterministic scenes of ``height`` x ``width`` pixels; ``scene(i)`` is reproducible."""
+    """Deterministic scenes of ``height`` x ``width`` pixels; ``scene(i)`` is reproducible.
+
+    A scene is a wall above a floor (split by a tilted horizon), often a rug on the floor,
+    and ``max_objects // 3`` to ``max_objects`` things drawn one over the other: discs,
+    boxes, triangles, rings, thin bars (3-6 px wide) and crosses, from ~12 px across up to
+    ~40 % of the shorter side, a third of them placed next to an earlier one so that they
+    overlap. ``stream``
+    selects an independent sequence for the same seed (e.g. 0 = train, 1 = validation).
+    """
 
     def __init__(self, height: int = 480, width: int = 640, seed: int = 0,
-                 max_objects: int = 6, noise_std: float = 4.0):
+                 max_objects: int = 10, noise_std: float = 4.0, stream: int = 0):
         if height < 16 or width < 16:
             raise ValueError(f'scene size must be at least 16x16, got {width}x{height}')
         if max_objects < 0:
             raise ValueError(f'max_objects must be >= 0, got {max_objects}')
+        if seed < 0 or stream < 0:
+            raise ValueError(f'seed and stream must be >= 0, got {seed} and {stream}')
         self.height, self.width = int(height), int(width)
         self.seed = int(seed)
+        self.stream = int(stream)
         self.max_objects = int(max_objects)
         self.noise_std = float(noise_std)
         ys, xs = np.mgrid[0:self.height, 0:self.width].astype(np.float32)
         self._xs, self._ys = xs, ys
 
+    def rng(self, index: int) -> np.random.Generator:
+        """The random generator that draws scene ``index`` (a function of seed, stream, index)."""
+        if index < 0:
+            raise ValueError(f'scene index must be >= 0, got {index}')
+        key = [self.seed, int(index)] if self.stream == 0 else [self.seed, int(index), self.stream]
+        return np.random.default_rng(key)
+
     def scene(self, index: int) -> SyntheticScene:
-        rng = np.random.default_rng([self.seed, int(index)])
+        rng = self.rng(index)
         image, semantic = self._background(rng)
         instance = np.zeros((self.height, self.width), np.int32)
-        for _ in range(rng.integers(1, self.max_objects + 1) if self.max_objects else 0):
-            self._draw_thing(rng, image, semantic, instance)
+        low = max(1, self.max_objects // 3)
+        count = int(rng.integers(low, self.max_objects + 1)) if self.max_objects else 0
+        placed: list[tuple[float, float, float]] = []
+        for _ in range(count):
+            self._draw_thing(rng, image, semantic, instance, placed)
         if self.noise_std > 0:
             image += rng.standard_normal(image.shape, dtype=np.float32) * self.noise_std
         image = np.clip(image, 0, 255).astype(np.uint8)
@@ -99,7 +128,7 @@ class SceneGenerator:
     # --- background ("stuff") ------------------------------------------------------
 
     def _background(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """A wall above a floor, split by a tilted horizon, each with its own texture."""
+        """A wall above a floor, split by a tilted horizon, maybe a rug; each textured."""
         h, w = self.height, self.width
         left, right = (float(v) for v in rng.uniform(0.3, 0.7, size=2) * h)
         horizon = left + self._xs * ((right - left) / max(w - 1, 1))
@@ -108,7 +137,29 @@ class SceneGenerator:
         wall = self._texture(rng)
         floor = self._texture(rng)
         image = np.where(is_wall[..., None], wall, floor)
+        if rng.random() < 0.6:
+            self._draw_rug(rng, image, semantic, max(left, right))
         return image, semantic
+
+    def _draw_rug(self, rng: np.random.Generator, image: np.ndarray, semantic: np.ndarray,
+                  horizon: float) -> None:
+        """A textured quadrilateral lying on the floor (narrower at the far edge)."""
+        h, w = self.height, self.width
+        cx = float(rng.uniform(0.2, 0.8)) * w
+        cy = float(rng.uniform(horizon, h))
+        half_w = float(rng.uniform(0.1, 0.3)) * w
+        half_h = float(rng.uniform(0.05, 0.15)) * h
+        taper = float(rng.uniform(0.6, 1.0))  # far (upper) edge shorter: a floor in perspective
+        local = np.array([[-half_w * taper, -half_h], [half_w * taper, -half_h],
+                          [half_w, half_h], [-half_w, half_h]], np.float64)
+        angle = float(rng.uniform(-0.3, 0.3))
+        pts = _rotate(local, angle) + np.array([cx, cy])
+        mask = np.zeros((h, w), np.uint8)
+        cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
+        texture = self._texture(rng)
+        on_floor = mask.astype(bool) & (semantic == FLOOR)
+        image[on_floor] = texture[on_floor]
+        semantic[on_floor] = RUG
 
     def _texture(self, rng: np.random.Generator) -> np.ndarray:
         """A (H, W, 3) float image: a random base colour modulated by a random pattern."""
@@ -136,32 +187,50 @@ class SceneGenerator:
 
     # --- objects ("things") --------------------------------------------------------
 
-    def _draw_thing(self, rng: np.random.Generator, image: np.ndarray,
-                    semantic: np.ndarray, instance: np.ndarray) -> None:
-        """Paint one shape over everything drawn so far (later shapes occlude earlier)."""
+    def _draw_thing(self, rng: np.random.Generator, image: np.ndarray, semantic: np.ndarray,
+                    instance: np.ndarray, placed: list[tuple[float, float, float]]) -> None:
+        """Paint one shape over everything drawn so far (later shapes occlude earlier).
+
+        Drawing happens in the shape's bounding window only, so small objects cost little.
+        """
         h, w = self.height, self.width
         category = int(rng.choice(THING_CLASSES))
-        radius = rng.uniform(0.06, 0.2) * min(h, w)
-        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
-        mask = np.zeros((h, w), np.uint8)
-        if category == DISC:
-            cv2.circle(mask, (round(cx), round(cy)), max(2, round(radius)), 1, -1)
+        # Log-uniform size: as many small objects (~12 px across) as large ones.
+        upper = 0.2 * min(h, w)
+        lower = min(6.0, upper)
+        radius = float(math.exp(rng.uniform(math.log(lower), math.log(upper))))
+        if placed and rng.random() < 0.35:  # next to an earlier object: overlaps
+            px, py, pr = placed[int(rng.integers(len(placed)))]
+            cx, cy = (float(v) for v in rng.normal((px, py), 0.8 * pr + 0.3 * radius))
         else:
-            corners = 4 if category == BOX else 3
-            angles = rng.uniform(0, 2 * np.pi) + np.arange(corners) * 2 * np.pi / corners
-            aspect = rng.uniform(0.6, 1.0) if category == BOX else 1.0
-            pts = np.stack([cx + radius * np.cos(angles), cy + aspect * radius * np.sin(angles)], 1)
-            cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
+            cx, cy = float(rng.uniform(0, w)), float(rng.uniform(0, h))
+        placed.append((cx, cy, radius))
+        angle = float(rng.uniform(0, 2 * np.pi))
+        polygons, circle = _thing_outline(category, rng, radius, angle)
+        extent = radius * 2.0 + 8  # bars reach 2 radii from their centre
+        x0, y0 = max(0, math.floor(cx - extent)), max(0, math.floor(cy - extent))
+        x1, y1 = min(w, math.ceil(cx + extent) + 1), min(h, math.ceil(cy + extent) + 1)
+        if x0 >= x1 or y0 >= y1:
+            return
+        mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        origin = np.array([cx - x0, cy - y0])
+        if circle is not None:
+            center = (round(origin[0]), round(origin[1]))
+            mid, thickness = circle
+            cv2.circle(mask, center, max(1, round(mid)), 1, -1 if thickness <= 0 else thickness)
+        for polygon in polygons:  # one fillPoly each: overlapping parts stay filled
+            cv2.fillPoly(mask, [np.round(polygon + origin).astype(np.int32)], 1)
         inside = mask.astype(bool)
         if not inside.any():
             return
         color = cv2.cvtColor(
             np.array([[[rng.uniform(0, 180), rng.uniform(120, 255), rng.uniform(120, 255)]]],
                      np.uint8), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
-        shade = 1.0 + 0.15 * (self._ys[inside] - cy) / max(radius, 1.0)
-        image[inside] = color * shade[:, None]
-        semantic[inside] = category
-        instance[inside] = instance.max() + 1
+        window = (slice(y0, y1), slice(x0, x1))
+        shade = 1.0 + 0.15 * (self._ys[window][inside] - cy) / max(radius, 1.0)
+        image[window][inside] = color * shade[:, None]
+        semantic[window][inside] = category
+        instance[window][inside] = len(placed)
 
     # --- ground truth --------------------------------------------------------------
 
@@ -187,3 +256,43 @@ class SceneGenerator:
             segments.append(Segment(seg_id, category, SYNTHETIC_CLASSES[category].is_thing,
                                     area, (x, y, bw, bh)))
         return panoptic, tuple(segments)
+
+
+def _rotate(points: np.ndarray, angle: float) -> np.ndarray:
+    """Rotate (N, 2) points about the origin by ``angle`` radians."""
+    c, s = math.cos(angle), math.sin(angle)
+    return points @ np.array([[c, s], [-s, c]])
+
+
+def _thing_outline(category: int, rng: np.random.Generator, radius: float, angle: float
+                   ) -> tuple[list[np.ndarray], tuple[float, int] | None]:
+    """Polygons (centred on the origin) and/or a circle ``(radius, thickness)`` of a thing.
+
+    Thickness 0 means a filled circle. Every class has its own geometry; none is a colour.
+    """
+    if category == DISC:
+        return [], (radius, 0)
+    if category == RING:  # annulus: inner radius 35-65 % of the outer one, hole >= 2 px
+        outer = max(radius, 5.0)
+        inner = max(2.0, outer * float(rng.uniform(0.35, 0.65)))
+        return [], ((outer + inner) / 2, max(2, round(outer - inner)))
+    if category == BOX:  # rotated rectangle
+        half_h = radius * float(rng.uniform(0.45, 1.0))
+        local = np.array([[-radius, -half_h], [radius, -half_h], [radius, half_h],
+                          [-radius, half_h]])
+        return [_rotate(local, angle)], None
+    if category == TRIANGLE:  # roughly equilateral, corners jittered by up to 15 degrees
+        corners = angle + np.arange(3) * 2 * np.pi / 3 + rng.uniform(-0.26, 0.26, size=3)
+        return [radius * np.stack([np.cos(corners), np.sin(corners)], 1)], None
+    if category == BAR:  # thin rod: 3-6 px wide, 2.4-4 radii long
+        half_len = radius * float(rng.uniform(1.2, 2.0))
+        half_wid = float(rng.integers(3, 7)) / 2
+        local = np.array([[-half_len, -half_wid], [half_len, -half_wid], [half_len, half_wid],
+                          [-half_len, half_wid]])
+        return [_rotate(local, angle)], None
+    if category == CROSS:  # plus sign: two perpendicular arms
+        half_wid = max(1.5, radius * float(rng.uniform(0.18, 0.3)))
+        arm = np.array([[-radius, -half_wid], [radius, -half_wid], [radius, half_wid],
+                        [-radius, half_wid]])
+        return [_rotate(arm, angle), _rotate(arm, angle + np.pi / 2)], None
+    raise ValueError(f'not a thing class: {category}')
