@@ -1,0 +1,148 @@
+"""Training loop: schedule, annealing, a short real run, exact resume, --init checks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tokenmask_ros.model import TokenMaskConfig, build_model, save_checkpoint  # noqa: E402
+from training.annealing import (  # noqa: E402
+    annealing_windows,
+    mask_probabilities,
+    mask_probability,
+)
+from training.optim import build_optimizer, build_scheduler, two_stage_factor  # noqa: E402
+from training.train import load_train_config, model_config, train  # noqa: E402
+
+TINY = ['model.preset=tiny', 'model.embed_dim=64', 'model.depth=4', 'model.num_heads=2',
+        'model.img_size=64', 'model.num_queries=8', 'model.num_query_blocks=2',
+        'data.count=8', 'data.width=96', 'data.height=64', 'data.num_workers=0',
+        'data.scale_range=[0.8,1.2]', 'optim.batch_size=2', 'optim.num_points=256',
+        'optim.grad_clip=1.0', 'optim.head_warmup=2', 'optim.backbone_warmup=2',
+        'log_every=1', 'deterministic=true']
+
+
+def tiny_config(*extra):
+    return load_train_config(None, [*TINY, *extra])
+
+
+def tiny_model():
+    return build_model(TokenMaskConfig(backbone='vit_tiny_patch16_224', embed_dim=32, depth=4,
+                                       num_heads=2, img_size=32, num_queries=4,
+                                       num_query_blocks=2, num_classes=3))
+
+
+def test_two_stage_schedule_values():
+    args = {'total_steps': 100, 'head_warmup': 10, 'backbone_warmup': 20, 'power': 0.9}
+    assert two_stage_factor(0, 'head', **args) == 0.0
+    assert two_stage_factor(5, 'head', **args) == pytest.approx(0.5)
+    assert two_stage_factor(10, 'head', **args) == pytest.approx(1.0)
+    assert two_stage_factor(55, 'head', **args) == pytest.approx(0.5 ** 0.9)
+    assert two_stage_factor(100, 'head', **args) == 0.0
+    assert two_stage_factor(9, 'backbone', **args) == 0.0
+    assert two_stage_factor(20, 'backbone', **args) == pytest.approx(0.5)
+    assert two_stage_factor(30, 'backbone', **args) == pytest.approx(1.0)
+    assert two_stage_factor(65, 'backbone', **args) == pytest.approx(0.5 ** 0.9)
+
+
+def test_layer_decay_and_scheduler():
+    model = tiny_model()
+    optimizer = build_optimizer(model, lr=1e-3, layer_decay=0.5)
+    groups = {g['name']: g for g in optimizer.param_groups}
+    assert [groups[f'block{i}']['lr'] for i in range(4)] == pytest.approx(
+        [1e-3 * 0.5 ** 3, 1e-3 * 0.5 ** 2, 1e-3 * 0.5, 1e-3])
+    assert groups['embed']['lr'] == pytest.approx(1e-3 * 0.5 ** 4)
+    assert groups['head']['lr'] == 1e-3
+    head_names = {id(p) for p in groups['head']['params']}
+    assert id(model.queries.weight) in head_names
+    assert id(model.backbone.norm.weight) in head_names
+    assert sum(len(g['params']) for g in optimizer.param_groups) == \
+        len(list(model.parameters()))
+    scheduler = build_scheduler(optimizer, total_steps=10, head_warmup=2, backbone_warmup=2)
+    seen = []
+    for _ in range(5):
+        seen.append({g['name']: g['lr'] for g in optimizer.param_groups})
+        optimizer.step()
+        scheduler.step()
+    assert seen[1]['head'] == pytest.approx(5e-4) and seen[1]['block3'] == 0.0
+    assert seen[3]['block3'] == pytest.approx(5e-4)
+    assert seen[3]['block2'] == pytest.approx(2.5e-4)
+    assert seen[4]['block3'] == pytest.approx(1e-3)
+
+
+def test_annealing_windows_and_probabilities():
+    windows = annealing_windows(600, 4)
+    assert windows == [(100, 200), (200, 300), (300, 400), (400, 500)]
+    assert mask_probability(99, 100, 200) == 1.0
+    assert mask_probability(150, 100, 200) == pytest.approx(0.5 ** 0.9)
+    assert mask_probability(200, 100, 200) == 0.0
+    assert mask_probabilities(250, windows) == pytest.approx([0.0, 0.5 ** 0.9, 1.0, 1.0])
+    assert annealing_windows(600, 1) == [(100, 200)]
+
+
+def test_training_lowers_loss(tmp_path):
+    config = tiny_config('optim.lr=2e-3', 'optim.max_steps=30', 'checkpoint_every=0',
+                         'optim.mask_annealing=false')
+    result = train(config, tmp_path, progress=False)
+    losses = result['losses']
+    assert len(losses) == 30 and result['step'] == 30
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
+    assert (tmp_path / 'model.safetensors').is_file()
+    assert (tmp_path / 'metrics.csv').read_text().count('\n') == 31
+
+
+def test_resume_matches_straight_run(tmp_path):
+    config = tiny_config('optim.lr=1e-3', 'optim.max_steps=6', 'checkpoint_every=3')
+    straight = train(config, tmp_path / 'a', progress=False)
+    resumed = train(config, tmp_path / 'b', resume=str(tmp_path / 'a/checkpoints/step_000003'),
+                    progress=False)
+    assert resumed['step'] == 6 and len(resumed['losses']) == 3
+    assert resumed['losses'] == pytest.approx(straight['losses'][3:], rel=1e-5)
+    final_a = load_file(str(tmp_path / 'a/model.safetensors'))
+    final_b = load_file(str(tmp_path / 'b/model.safetensors'))
+    for name, value in final_a.items():
+        torch.testing.assert_close(final_b[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    state_a = load_file(str(tmp_path / 'a/checkpoints/step_000006/train_state.safetensors'))
+    state_b = load_file(str(tmp_path / 'b/checkpoints/step_000006/train_state.safetensors'))
+    assert state_a.keys() == state_b.keys()
+    assert float(state_b['optim.0.step']) == 6.0
+
+
+def test_init_mismatch_is_a_clear_error(tmp_path):
+    config = tiny_config()
+    other = model_config(config, None).replace(num_queries=5, num_classes=3, classes=())
+    checkpoint = save_checkpoint(build_model(other), tmp_path / 'other.safetensors')
+    overrides = [*TINY, 'optim.max_steps=1']
+    run = subprocess.run(
+        [sys.executable, str(REPO / 'training/train.py'), '--config',
+         str(REPO / 'training/configs/synthetic_tiny_tokenmask.yaml'), '--out',
+         str(tmp_path / 'out'), '--init', str(checkpoint), '--no-progress', *overrides],
+        capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert run.returncode == 2, run.stderr
+    assert 'does not match the training config' in run.stderr
+    assert 'num_queries: checkpoint 5 != config 8' in run.stderr
+
+
+def test_missing_dataset_path_is_a_clear_error(tmp_path):
+    config = tiny_config('data.type=coco_panoptic', f'data.images_dir={tmp_path}/nope',
+                         f'data.panoptic_dir={tmp_path}', f'data.json_file={tmp_path}/x.json')
+    with pytest.raises(FileNotFoundError, match='nope'):
+        train(config, tmp_path / 'out', progress=False)
+
+
+def test_shipped_configs_build():
+    for name in ('synthetic_tiny_tokenmask', 'synthetic_tiny_eomt'):
+        config = load_train_config(REPO / f'training/configs/{name}.yaml')
+        from tokenmask_ros.synthetic import SYNTHETIC_CLASSES
+        mconfig = model_config(config, [{'name': c.name, 'is_thing': c.is_thing}
+                                        for c in SYNTHETIC_CLASSES])
+        assert mconfig.num_classes == len(SYNTHETIC_CLASSES)
+        assert mconfig.img_size == (256, 256) and mconfig.num_queries == 40

@@ -1,0 +1,482 @@
+#!/usr/bin/env python3
+"""Train TokenMask / EoMT with EoMT's recipe (training/README.md, eomt-facts "Training").
+
+    python training/train.py --config training/configs/synthetic_tiny_tokenmask.yaml --out runs/t
+    python training/train.py --config CFG --out runs/t --resume runs/t/checkpoints/step_000500
+    torchrun --nproc-per-node 2 training/train.py --config CFG optim.batch_size=8
+
+Configs are short YAML files over the defaults of :class:`TrainConfig`; ``section.key=value``
+arguments override them (values parsed as YAML). Writes ``config.yaml``, ``metrics.csv``
+(plus TensorBoard events when tensorboard is installed), ``checkpoints/step_N/`` (weights
+``model.safetensors`` + pickle-free training state) and ``model.safetensors`` at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # `python training/train.py` from a source checkout
+    sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import yaml  # noqa: E402
+from torch.utils.data import DataLoader, Dataset, DistributedSampler  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from tokenmask_ros.model import (  # noqa: E402
+    TokenMaskConfig,
+    build_model,
+    load_checkpoint,
+    load_config,
+    save_checkpoint,
+)
+from tokenmask_ros.model.backbone import load_backbone_weights  # noqa: E402
+from training.annealing import annealing_windows, mask_probabilities  # noqa: E402
+from training.datasets import collate  # noqa: E402
+from training.datasets.transforms import TrainTransform  # noqa: E402
+from training.losses import MaskClassificationLoss, count_masks  # noqa: E402
+from training.optim import build_optimizer, build_scheduler  # noqa: E402
+from training.train_state import (  # noqa: E402
+    read_train_state,
+    restore_train_state,
+    save_train_state,
+)
+
+
+@dataclass
+class DataConfig:
+    """``synthetic``: generated scenes in memory (``root`` unset) or written by
+    ``training/make_synthetic.py`` (``root`` set); ``coco_panoptic``: explicit paths."""
+
+    type: str = 'synthetic'
+    root: str | None = None
+    split: str = 'train'
+    images_dir: str | None = None
+    panoptic_dir: str | None = None
+    json_file: str | None = None
+    count: int = 1000
+    width: int = 640
+    height: int = 480
+    seed: int = 0
+    scale_range: tuple[float, float] = (0.1, 2.0)
+    color_jitter: bool = False
+    num_workers: int = 2
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    layer_decay: float = 0.8
+    betas: tuple[float, float] = (0.9, 0.999)
+    batch_size: int = 16           # total over all processes and accumulation steps
+    grad_accum: int = 1
+    epochs: float = 12.0
+    max_steps: int = 0             # > 0: overrides epochs
+    head_warmup: int = 500
+    backbone_warmup: int = 1000
+    poly_power: float = 0.9
+    grad_clip: float = 0.01        # max grad norm; <= 0 disables
+    amp: str = 'fp16'              # fp16 | bf16 | none (CUDA only; CPU runs in fp32)
+    mask_annealing: bool = True
+    num_points: int = 12544
+
+
+@dataclass
+class TrainConfig:
+    model: dict[str, Any] = field(default_factory=lambda: {'preset': 'small'})
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    seed: int = 0
+    device: str = 'auto'
+    log_every: int = 10
+    checkpoint_every: int = 1000
+    deterministic: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    *parents, last = key.split('.')
+    for part in parents:
+        data = data.setdefault(part, {})
+    data[last] = value
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """Defaults < YAML file < ``a.b=value`` overrides; unknown keys are errors."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f'config file not found: {path}')
+        raw = yaml.safe_load(path.read_text()) or {}
+    for item in overrides:
+        if '=' not in item:
+            raise ValueError(f'override {item!r} must look like section.key=value')
+        key, value = item.split('=', 1)
+        _set_dotted(raw, key, yaml.safe_load(value))
+    unknown = set(raw) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise ValueError(f'unknown config section(s): {sorted(unknown)}')
+    config = TrainConfig(**{k: v for k, v in raw.items() if k not in ('data', 'optim', 'model')})
+    config.model = {**config.model, **raw.get('model', {})} if 'preset' not in \
+        raw.get('model', {}) else dict(raw['model'])
+    for name, cls in (('data', DataConfig), ('optim', OptimConfig)):
+        section = raw.get(name, {})
+        unknown = set(section) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f'unknown {name} key(s): {sorted(unknown)}')
+        setattr(config, name, cls(**{k: _coerce(cls, k, v) for k, v in section.items()}))
+    return config
+
+
+def _coerce(cls, key: str, value: Any) -> Any:
+    """YAML reads ``1e-4`` as a string (it wants ``1.0e-4``): make float fields floats."""
+    default = next(f.default for f in dataclasses.fields(cls) if f.name == key)
+    if isinstance(default, float) and isinstance(value, str | int) and \
+            not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f'{key} must be a number, got {value!r}') from None
+    return value
+
+
+def model_config(config: TrainConfig, classes: list[dict] | None) -> TokenMaskConfig:
+    """The TokenMaskConfig: optional ``preset`` plus fields; classes from the dataset."""
+    values = dict(config.model)
+    preset = values.pop('preset', None)
+    if classes is not None and 'classes' not in values:
+        values['classes'] = classes
+        values['num_classes'] = len(classes)
+    return TokenMaskConfig.from_preset(preset, **values) if preset else \
+        TokenMaskConfig.from_dict(values)
+
+
+# --- data ------------------------------------------------------------------------------
+
+
+class SeededTransform(Dataset):
+    """Applies the augmentation under a seed fixed by (seed, epoch, index).
+
+    Why: augmentation then does not depend on worker count or on where a run was resumed,
+    which makes resuming exact.
+    """
+
+    def __init__(self, dataset, transform, seed: int):
+        self.dataset, self.transform, self.seed, self.epoch = dataset, transform, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        sample = self.dataset[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+            return self.transform(*sample)
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler that can start an epoch part-way (``skip`` samples per replica)."""
+
+    skip = 0
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.skip:])
+
+    def __len__(self) -> int:
+        return super().__len__() - self.skip
+
+
+def build_dataset(data: DataConfig):
+    """The raw training dataset and its classes as TokenMaskConfig ``classes`` dicts."""
+    from training.datasets import CocoPanoptic, SyntheticPanoptic, open_split
+
+    if data.type == 'synthetic':
+        if data.root:
+            if not Path(data.root).is_dir():
+                raise FileNotFoundError(f'synthetic dataset folder not found: {data.root} '
+                                        '(write one with training/make_synthetic.py or unset '
+                                        'data.root to generate scenes in memory)')
+            dataset = open_split(data.root, data.split)
+        else:
+            dataset = SyntheticPanoptic(data.count, data.width, data.height, data.seed,
+                                        data.split)
+            from tokenmask_ros.synthetic import SYNTHETIC_CLASSES
+            return dataset, [{'name': c.name, 'is_thing': c.is_thing, 'color': tuple(c.color)}
+                             for c in SYNTHETIC_CLASSES]
+    elif data.type == 'coco_panoptic':
+        paths = {k: getattr(data, k) for k in ('images_dir', 'panoptic_dir', 'json_file')}
+        missing = [k for k, v in paths.items() if not v]
+        if missing:
+            raise ValueError(f'data.type coco_panoptic needs data.{", data.".join(missing)}')
+        dataset = CocoPanoptic(**paths)
+    else:
+        raise ValueError(f'data.type must be synthetic or coco_panoptic, got {data.type!r}')
+    return dataset, [{'name': c.name, 'is_thing': c.is_thing, 'color': tuple(c.color)}
+                     for c in dataset.classes]
+
+
+def batches(loader: DataLoader, sampler: ResumableSampler, dataset: SeededTransform,
+            start: int):
+    """Endless micro-batches starting at micro-batch ``start`` (epochs re-shuffled)."""
+    per_epoch = len(loader)
+    epoch, offset = divmod(start, per_epoch)
+    while True:
+        sampler.set_epoch(epoch)
+        dataset.epoch = epoch
+        sampler.skip = offset * loader.batch_size
+        yield from loader
+        epoch, offset = epoch + 1, 0
+
+
+# --- training --------------------------------------------------------------------------
+
+
+def setup_distributed() -> tuple[int, int, int]:
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group('nccl' if torch.cuda.is_available() else 'gloo')
+    rank = int(os.environ.get('RANK', '0'))
+    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+    return world, rank, local_rank
+
+
+def check_init_config(path: str | Path, expected: TokenMaskConfig, option: str = '--init'
+                      ) -> None:
+    """Refuse an ``--init``/``--resume`` checkpoint whose model differs from the config."""
+    found = json.loads(json.dumps(load_config(path).to_dict()))
+    wanted = json.loads(json.dumps(expected.to_dict()))
+    diffs = [f'{k}: checkpoint {found.get(k)!r} != config {wanted.get(k)!r}'
+             for k in sorted(set(found) | set(wanted)) if found.get(k) != wanted.get(k)]
+    if diffs:
+        raise ValueError(f'{option} {path}: its model config does not match the training '
+                         'config:\n  ' + '\n  '.join(d[:300] for d in diffs))
+
+
+class MetricLog:
+    """metrics.csv always; TensorBoard too when ``torch.utils.tensorboard`` imports."""
+
+    def __init__(self, out: Path, enabled: bool):
+        self.enabled, self.writer, self.file, self.csv = enabled, None, None, None
+        if not enabled:
+            return
+        with contextlib.suppress(ImportError):
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(out / 'tensorboard'))
+        self.path = out / 'metrics.csv'
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        if self.csv is None:
+            new = not self.path.exists()
+            self.file = self.path.open('a', newline='')
+            self.csv = csv.DictWriter(self.file, ['step', *values], extrasaction='ignore')
+            if new:
+                self.csv.writeheader()
+        self.csv.writerow({'step': step, **values})
+        self.file.flush()
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def save_all(out: Path, step: int, model, optimizer, scheduler, scaler, config) -> Path:
+    directory = out / 'checkpoints' / f'step_{step:06d}'
+    save_checkpoint(model, directory / 'model.safetensors', {'step': step})
+    save_train_state(directory, step, optimizer, scheduler, scaler,
+                     {'train_config': config.to_dict()})
+    return directory
+
+
+def train(config: TrainConfig, out: str | Path, resume: str | None = None,
+          init: str | None = None, backbone_weights: str | None = None,
+          progress: bool = True) -> dict[str, Any]:
+    """Run training; returns ``{'step', 'losses', 'out'}`` (per-step losses of this run)."""
+    world, rank, local_rank = setup_distributed()
+    main = rank == 0
+    out = Path(out)
+    if config.device == 'auto':
+        device = torch.device(f'cuda:{local_rank}' if torch.cuda.is_available() else 'cpu')
+    else:
+        device = torch.device(config.device)
+    if device.type == 'cuda':
+        torch.cuda.set_device(device)
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(config.seed + rank)
+
+    optim = config.optim
+    raw_dataset, classes = build_dataset(config.data)
+    mconfig = model_config(config, classes)
+    model = build_model(mconfig)
+    if init:
+        check_init_config(init, mconfig)
+        model.load_state_dict(load_checkpoint(init).state_dict())
+    if backbone_weights:
+        if not Path(backbone_weights).is_file():
+            raise FileNotFoundError(f'--backbone-weights file not found: {backbone_weights}')
+        load_backbone_weights(model.backbone, backbone_weights)
+    model.to(device).train()
+
+    per_process = optim.batch_size // (world * optim.grad_accum)
+    if per_process < 1 or per_process * world * optim.grad_accum != optim.batch_size:
+        raise ValueError(f'optim.batch_size {optim.batch_size} must be a multiple of '
+                         f'world size {world} x grad_accum {optim.grad_accum}')
+    dataset = SeededTransform(raw_dataset, TrainTransform(
+        mconfig.img_size, tuple(config.data.scale_range), color_jitter=config.data.color_jitter),
+        config.seed)
+    sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
+                               seed=config.seed, drop_last=True)
+    loader = DataLoader(dataset, per_process, sampler=sampler, collate_fn=collate,
+                        num_workers=config.data.num_workers, drop_last=True,
+                        pin_memory=device.type == 'cuda',
+                        # its own generator: starting an epoch must not draw from the global
+                        # RNG, or a resumed run would diverge from a straight one
+                        generator=torch.Generator().manual_seed(config.seed))
+    micro_per_epoch = len(sampler) // per_process
+    if micro_per_epoch < 1:
+        raise ValueError(f'dataset of {len(raw_dataset)} samples gives no full batch of '
+                         f'{per_process} per process')
+    total = optim.max_steps or math.ceil(optim.epochs * micro_per_epoch / optim.grad_accum)
+
+    optimizer = build_optimizer(model, optim.lr, optim.weight_decay, optim.layer_decay,
+                                optim.betas)
+    scheduler = build_scheduler(optimizer, total, optim.head_warmup, optim.backbone_warmup,
+                                optim.poly_power)
+    amp = optim.amp if device.type == 'cuda' else 'none'
+    if amp not in ('fp16', 'bf16', 'none'):
+        raise ValueError(f'optim.amp must be fp16, bf16 or none, got {optim.amp!r}')
+    scaler = torch.amp.GradScaler('cuda', enabled=amp == 'fp16')
+    start = 0
+    if resume:
+        directory = Path(resume)
+        if directory.is_file():
+            directory = directory.parent
+        if not (directory / 'model.safetensors').is_file():
+            raise FileNotFoundError(f'--resume: {directory / "model.safetensors"} not found')
+        check_init_config(directory / 'model.safetensors', mconfig, '--resume')
+        model.load_state_dict(load_checkpoint(directory / 'model.safetensors').state_dict())
+        data, tensors = read_train_state(directory)
+        start = restore_train_state(data, tensors, optimizer, scheduler, scaler)
+    ddp_model = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[local_rank] if device.type == 'cuda' else None)
+
+    criterion = MaskClassificationLoss(num_points=optim.num_points)
+    windows = annealing_windows(total, mconfig.num_query_blocks)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / 'config.yaml').write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    log = MetricLog(out, main)
+    stream = batches(loader, sampler, dataset, start * optim.grad_accum)
+    dtype = torch.bfloat16 if amp == 'bf16' else torch.float16
+    losses: list[float] = []
+    bar = tqdm(range(start, total), initial=start, total=total, disable=not (main and progress),
+               dynamic_ncols=True, desc='train')
+    for step in bar:
+        probs = mask_probabilities(step, windows, optim.poly_power) if optim.mask_annealing \
+            else [0.0] * mconfig.num_query_blocks
+        model.set_attention_mask_probs(probs)
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        parts: dict[str, float] = {}
+        for micro in range(optim.grad_accum):
+            images, targets = next(stream)
+            images = images.to(device, non_blocking=True).float() / 255
+            targets = [{'labels': t['labels'].to(device),
+                        'masks': t['masks'].as_subclass(torch.Tensor).to(device)}
+                       for t in targets]
+            num_masks = count_masks(targets, device)
+            if world > 1:
+                dist.all_reduce(num_masks)
+                num_masks = num_masks / world
+            sync = contextlib.nullcontext() if world == 1 or micro == optim.grad_accum - 1 \
+                else ddp_model.no_sync()
+            with sync:
+                with torch.autocast(device.type, dtype=dtype, enabled=amp != 'none'):
+                    outputs = ddp_model(images, return_intermediate=True)
+                result = criterion(outputs, targets, num_masks)
+                scaler.scale(result['loss'] / optim.grad_accum).backward()
+            step_loss += result['loss'].item() / optim.grad_accum
+            for key in ('loss_class', 'loss_mask', 'loss_dice'):
+                parts[key] = parts.get(key, 0.0) + float(result[key]) / optim.grad_accum
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            model.parameters(), optim.grad_clip if optim.grad_clip > 0 else float('inf'))
+        lrs = {g['name']: g['lr'] for g in optimizer.param_groups}  # the lrs of this step
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        losses.append(step_loss)
+        done = step + 1
+        if main:
+            bar.set_postfix(loss=f'{step_loss:.3f}', lr=f'{lrs["head"]:.2e}')
+            if done % config.log_every == 0 or done == total or done == start + 1:
+                log.log(done, {'loss': step_loss, **parts, 'grad_norm': float(grad_norm),
+                               'lr_head': lrs['head'],
+                               'lr_backbone': lrs.get(f'block{len(model.backbone.blocks) - 1}',
+                                                      0.0),
+                               **{f'attn_mask_prob_{i}': p for i, p in enumerate(probs)}})
+            if config.checkpoint_every > 0 and done % config.checkpoint_every == 0 \
+                    and done != total:
+                save_all(out, done, model, optimizer, scheduler, scaler, config)
+    bar.close()
+    if main and total > start:
+        save_all(out, total, model, optimizer, scheduler, scaler, config)
+        save_checkpoint(model, out / 'model.safetensors', {'step': total})
+    log.close()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return {'step': max(total, start), 'losses': losses, 'out': out}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--config', required=True, help='YAML training config')
+    parser.add_argument('--out', default=None, help='output folder (default runs/<config>)')
+    parser.add_argument('--resume', default=None,
+                        help='checkpoint folder (checkpoints/step_N) to continue from')
+    parser.add_argument('--init', default=None,
+                        help='tokenmask checkpoint to start from (config must match)')
+    parser.add_argument('--backbone-weights', default=None,
+                        help='local safetensors file with pretrained timm/DINOv2 ViT weights')
+    parser.add_argument('--no-progress', action='store_true', help='no tqdm bar')
+    parser.add_argument('overrides', nargs='*', help='section.key=value (YAML values)')
+    args = parser.parse_args(argv)
+    try:
+        config = load_train_config(args.config, args.overrides)
+        out = args.out or str(Path('runs') / Path(args.config).stem)
+        train(config, out, args.resume, args.init, args.backbone_weights,
+              progress=not args.no_progress)
+    except (FileNotFoundError, ValueError) as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
