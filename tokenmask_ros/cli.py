@@ -12,8 +12,8 @@ from pathlib import Path
 from tokenmask_ros import __version__
 
 
-def _size(text: str) -> tuple[int, int]:
-    """Parse ``WIDTHxHEIGHT`` for argparse."""
+def parse_size(text: str) -> tuple[int, int]:
+    """Parse ``WIDTHxHEIGHT`` (argparse type) into ``(width, height)``; shared by the scripts."""
     try:
         width, height = (int(v) for v in text.lower().split('x'))
     except ValueError:
@@ -57,7 +57,7 @@ def _add_synth(subparsers) -> None:
         description=cmd_synth.__doc__)
     parser.add_argument('output', help='folder to write into (created if missing)')
     parser.add_argument('--count', type=int, default=16, help='number of scenes (default 16)')
-    parser.add_argument('--size', type=_size, default=(640, 480),
+    parser.add_argument('--size', type=parse_size, default=(640, 480),
                         help='WIDTHxHEIGHT of each scene (default 640x480)')
     parser.add_argument('--seed', type=int, default=0, help='generator seed (default 0)')
     parser.add_argument('--preview', action='store_true',

@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from torchvision.transforms.v2 import functional as TF  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from tokenmask_ros.cli import parse_size  # noqa: E402
 from tokenmask_ros.model import CheckpointError, load_checkpoint, load_config  # noqa: E402
 from tokenmask_ros.model.postprocess import (  # noqa: E402
     LABEL_DIVISOR,
@@ -313,17 +314,6 @@ def save_grid(path: Path, rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
 # --------------------------------------------------------------------------- main
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """``WxH`` as (H, W)."""
-    try:
-        width, height = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected WxH such as 640x480, got {text!r}') from None
-    if width < 16 or height < 16:
-        raise argparse.ArgumentTypeError(f'size must be at least 16x16, got {text!r}')
-    return height, width
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Evaluate a TokenMask checkpoint: PQ / SQ / RQ (all, things, stuff, per '
@@ -378,7 +368,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     except CheckpointError as error:
         raise EvaluationError(str(error)) from None
     if args.synthetic is not None:
-        size = args.size or tuple(config.img_size)
+        size = args.size[::-1] if args.size else tuple(config.img_size)  # (H, W)
         dataset, classes = synthetic_dataset(args.synthetic, args.seed, size)
         source = 'synthetic'
     else:

@@ -22,18 +22,8 @@ if str(REPO_ROOT) not in sys.path:  # `python training/make_synthetic.py` from a
 
 from tqdm import tqdm  # noqa: E402
 
+from tokenmask_ros.cli import parse_size  # noqa: E402
 from training.datasets.synthetic import IMAGE_FORMATS, write_split  # noqa: E402
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f'expected WIDTHxHEIGHT, e.g. 640x480, got {text!r}') from None
-    if width < 16 or height < 16:
-        raise argparse.ArgumentTypeError(f'size must be at least 16x16, got {text!r}')
-    return width, height
 
 
 def _count(text: str) -> int:
@@ -55,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help='number of training scenes (default 1000)')
     parser.add_argument('--val', type=_count, default=100,
                         help='number of validation scenes (default 100)')
-    parser.add_argument('--size', type=_size, default=(640, 480),
+    parser.add_argument('--size', type=parse_size, default=(640, 480),
                         help='WIDTHxHEIGHT of every scene (default 640x480)')
     parser.add_argument('--seed', type=_count, default=0,
                         help='generator seed; train and val use two streams of it (default 0)')
