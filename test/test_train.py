@@ -146,3 +146,14 @@ def test_shipped_configs_build():
                                         for c in SYNTHETIC_CLASSES])
         assert mconfig.num_classes == len(SYNTHETIC_CLASSES)
         assert mconfig.img_size == (256, 256) and mconfig.num_queries == 40
+
+
+def test_bundled_model_recipe_loads():
+    """The recipe named in models/README.md stays loadable as the trainer evolves."""
+    from tokenmask_ros.synthetic import SYNTHETIC_CLASSES
+
+    config = load_train_config(REPO / 'training/configs/synthetic_tiny_tokenmask_cpu.yaml')
+    mconfig = model_config(config, [{'name': c.name, 'is_thing': c.is_thing}
+                                    for c in SYNTHETIC_CLASSES])
+    assert mconfig.img_size == (320, 320) and mconfig.head == 'tokenmask'
+    assert (config.optim.max_steps, config.optim.layer_decay) == (2400, 1.0)
