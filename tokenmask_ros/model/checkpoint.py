@@ -56,11 +56,18 @@ def save_checkpoint(model: TokenMask, path: str | Path, extra_metadata: dict | N
     os.close(handle)
     try:
         save_file(state, temp, metadata=metadata)
+        os.chmod(temp, 0o666 & ~_current_umask())  # mkstemp creates 0600 files
         os.replace(temp, path)
     finally:
         if os.path.exists(temp):
             os.unlink(temp)
     return path
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
