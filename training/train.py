@@ -21,6 +21,7 @@ import json
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -333,16 +334,46 @@ def setup_distributed() -> tuple[int, int, int]:
     return world, rank, local_rank
 
 
-def check_init_config(path: str | Path, expected: TokenMaskConfig, option: str = '--init'
-                      ) -> None:
-    """Refuse an ``--init``/``--resume`` checkpoint whose model differs from the config."""
+def check_init_config(path: str | Path, expected: TokenMaskConfig, option: str = '--init',
+                      ignore: tuple[str, ...] = ()) -> None:
+    """Refuse an ``--init``/``--resume`` checkpoint whose model differs from the config.
+
+    Keys in ``ignore`` may differ (``--init`` accepts another ``img_size``).
+    """
     found = json.loads(json.dumps(load_config(path).to_dict()))
     wanted = json.loads(json.dumps(expected.to_dict()))
     diffs = [f'{k}: checkpoint {found.get(k)!r} != config {wanted.get(k)!r}'
-             for k in sorted(set(found) | set(wanted)) if found.get(k) != wanted.get(k)]
+             for k in sorted(set(found) | set(wanted))
+             if k not in ignore and found.get(k) != wanted.get(k)]
     if diffs:
         raise ValueError(f'{option} {path}: its model config does not match the training '
                          'config:\n  ' + '\n  '.join(d[:300] for d in diffs))
+
+
+def fit_position_embedding(state: dict[str, torch.Tensor], source: TokenMaskConfig,
+                           target: TokenMaskConfig) -> dict[str, torch.Tensor]:
+    """Adapt the backbone's position embedding of ``state`` from ``source``'s token grid to
+    ``target``'s, so ``--init`` can change the input size.
+
+    A grid that fits inside the old one keeps its top-left part: images are letterboxed to
+    the top-left corner, so those are exactly the positions that saw image content (a
+    320x240 scene in a 320x320 model fills the top 15 of 20 rows). A grid that does not fit
+    is resampled (bicubic, timm's ``resample_abs_pos_embed``).
+    """
+    from timm.layers import resample_abs_pos_embed
+
+    key = 'backbone.pos_embed'
+    old, new = source.grid_size, target.grid_size
+    if key not in state or old == new:
+        return state
+    embed = state[key]
+    prefix = embed.shape[1] - old[0] * old[1]
+    if new[0] <= old[0] and new[1] <= old[1]:
+        grid = embed[:, prefix:].reshape(1, *old, -1)[:, :new[0], :new[1]]
+        fitted = torch.cat((embed[:, :prefix], grid.reshape(1, new[0] * new[1], -1)), dim=1)
+    else:
+        fitted = resample_abs_pos_embed(embed, list(new), list(old), num_prefix_tokens=prefix)
+    return {**state, key: fitted.contiguous()}
 
 
 class MetricLog:
@@ -379,6 +410,15 @@ class MetricLog:
             self.writer.close()
 
 
+def _previous_elapsed(path: Path, step: int) -> float:
+    """``elapsed_s`` logged at ``step`` by an earlier run into ``path`` (0 if none)."""
+    if step == 0 or not path.is_file():
+        return 0.0
+    with path.open(newline='') as file:
+        rows = [r for r in csv.DictReader(file) if r.get('elapsed_s') and int(r['step']) <= step]
+    return float(rows[-1]['elapsed_s']) if rows else 0.0
+
+
 def save_all(out: Path, step: int, model, optimizer, scheduler, scaler, config) -> Path:
     directory = out / 'checkpoints' / f'step_{step:06d}'
     save_checkpoint(model, directory / 'model.safetensors', {'step': step})
@@ -409,8 +449,10 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
     mconfig = model_config(config, classes)
     model = build_model(mconfig)
     if init:
-        check_init_config(init, mconfig)
-        model.load_state_dict(load_checkpoint(init).state_dict())
+        check_init_config(init, mconfig, ignore=('img_size',))
+        source = load_checkpoint(init)
+        model.load_state_dict(fit_position_embedding(source.state_dict(), source.config,
+                                                     mconfig))
     if backbone_weights:
         if not Path(backbone_weights).is_file():
             raise FileNotFoundError(f'--backbone-weights file not found: {backbone_weights}')
@@ -471,6 +513,9 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
     stream = batches(loader, sampler, dataset, start * optim.grad_accum)
     dtype = torch.bfloat16 if amp == 'bf16' else torch.float16
     losses: list[float] = []
+    # Wall-clock training time, carried over a resume (for PQ-versus-time curves).
+    elapsed = _previous_elapsed(out / 'metrics.csv', start) if main else 0.0
+    started = time.monotonic()
     bar = tqdm(range(start, total), initial=start, total=total, disable=not (main and progress),
                dynamic_ncols=True, desc='train')
     for step in bar:
@@ -516,7 +561,8 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
                                'lr_head': lrs['head'],
                                'lr_backbone': lrs.get(f'block{len(model.backbone.blocks) - 1}',
                                                       0.0),
-                               **{f'attn_mask_prob_{i}': p for i, p in enumerate(probs)}})
+                               **{f'attn_mask_prob_{i}': p for i, p in enumerate(probs)},
+                               'elapsed_s': elapsed + time.monotonic() - started})
             if config.checkpoint_every > 0 and done % config.checkpoint_every == 0 \
                     and done != total:
                 save_all(out, done, model, optimizer, scheduler, scaler, config)
@@ -538,7 +584,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--resume', default=None,
                         help='checkpoint folder (checkpoints/step_N) to continue from')
     parser.add_argument('--init', default=None,
-                        help='tokenmask checkpoint to start from (config must match)')
+                        help='tokenmask checkpoint to start from (config must match except img_size; '
+                             'the position embedding is cropped or resampled)')
     parser.add_argument('--backbone-weights', default=None,
                         help='local safetensors file with pretrained timm/DINOv2 ViT weights')
     parser.add_argument('--no-progress', action='store_true', help='no tqdm bar')

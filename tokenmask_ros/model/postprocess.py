@@ -123,12 +123,16 @@ class PanopticScores(NamedTuple):
 
 def dense_panoptic_scores(class_logits: Tensor, mask_logits: Tensor,
                           out_size: Sequence[int] | Letterbox | None = None,
-                          score_threshold: float = SCORE_THRESHOLD) -> PanopticScores:
+                          score_threshold: float | Tensor = SCORE_THRESHOLD,
+                          valid: Tensor | None = None) -> PanopticScores:
     """The pixel-dense half of panoptic decoding, export-friendly (see :class:`PanopticScores`).
 
     ``class_logits`` [B, K, C+1] (last = no object), ``mask_logits`` [B, K, h, w] upsampled
-    to ``out_size`` first (:func:`resize_logits`). Memory: one [B, K, H, W] float and bool
-    tensor at the output size, like the masks themselves.
+    to ``out_size`` first (:func:`resize_logits`). ``valid`` ([B or 1, H, W] bool, optional)
+    marks the pixels that hold image content: padding is never won (segment map -1) and not
+    counted in the areas, as if the logits had been cropped. ``score_threshold`` may be a
+    tensor, so an exported graph takes it as an input. Memory: one [B, K, H, W] float and
+    bool tensor at the output size, like the masks themselves.
     """
     mask_logits = resize_logits(mask_logits, out_size)
     num_queries = class_logits.shape[1]
@@ -137,21 +141,25 @@ def dense_panoptic_scores(class_logits: Tensor, mask_logits: Tensor,
     keep = (classes != no_object) & (scores > score_threshold)
     # Kept queries weigh in with score * sigmoid >= 0; the others with -1, so they never win
     # and a pixel's best value is >= 0 exactly when some query is kept.
-    weighted = torch.where(keep[:, :, None, None],
-                           scores[:, :, None, None] * mask_logits.sigmoid(),
+    counts = keep[:, :, None, None]
+    covered = mask_logits >= 0
+    if valid is not None:  # padding: no query counts there
+        counts = counts & valid[:, None]
+        covered = covered & valid[:, None]
+    weighted = torch.where(counts, scores[:, :, None, None] * mask_logits.sigmoid(),
                            torch.full_like(mask_logits, -1.0))
     best, winner = weighted.max(1)
     own_logit = torch.gather(mask_logits, 1, winner[:, None]).squeeze(1)
     segment_map = torch.where((best >= 0) & (own_logit >= 0), winner,
                               torch.full_like(winner, -1))
     query_ids = torch.arange(num_queries, device=mask_logits.device)[None, :, None, None]
-    won = (winner[:, None] == query_ids) & keep[:, :, None, None]
+    won = (winner[:, None] == query_ids) & counts
     return PanopticScores(
         segment_map=segment_map.to(torch.int32),
         query_class=classes.to(torch.int32),
         query_score=scores,
         keep=keep,
-        mask_area=(mask_logits >= 0).sum((2, 3), dtype=torch.int32),
+        mask_area=covered.sum((2, 3), dtype=torch.int32),
         won_area=won.sum((2, 3), dtype=torch.int32),
     )
 

@@ -1,0 +1,37 @@
+"""What every backend provides: run the deployed graph (:mod:`..graph`) on one canvas."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from tokenmask_ros.model.postprocess import PanopticScores
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run here; the message is one sentence saying why."""
+
+
+class Backend(ABC):
+    """A loaded model that maps a letterboxed canvas to :class:`PanopticScores` (NumPy).
+
+    ``name``: 'torch' | 'onnxruntime' | 'tensorrt'; ``device``: 'cpu' | 'cuda[:N]';
+    ``precision``: 'fp32' | 'fp16'; ``input_size``: the fixed (H, W) of the canvas.
+    """
+
+    name: str
+    device: str
+    precision: str
+    input_size: tuple[int, int]
+
+    @abstractmethod
+    def run(self, image: np.ndarray, content_size: np.ndarray,
+            score_threshold: float) -> PanopticScores:
+        """``image`` uint8 [1, 3, H, W], ``content_size`` int32 [2] -> NumPy outputs."""
+
+    def close(self) -> None:
+        """Release device memory and handles (idempotent)."""
+
+    def describe(self) -> str:
+        return f'{self.name} ({self.device}, {self.precision})'
