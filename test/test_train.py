@@ -157,3 +157,62 @@ def test_bundled_model_recipe_loads():
                                     for c in SYNTHETIC_CLASSES])
     assert mconfig.img_size == (320, 320) and mconfig.head == 'tokenmask'
     assert (config.optim.max_steps, config.optim.layer_decay) == (2400, 1.0)
+
+
+def test_periodic_evaluation_and_elapsed_time(tmp_path):
+    config = tiny_config('optim.lr=1e-3', 'optim.max_steps=4', 'checkpoint_every=0',
+                         'eval.every=2', 'eval.images=2')
+    train(config, tmp_path, progress=False)
+    import csv
+    with (tmp_path / 'eval.csv').open() as file:
+        rows = list(csv.DictReader(file))
+    assert [int(r['step']) for r in rows] == [2, 4]
+    for row in rows:
+        for key in ('val_pq', 'val_pq_things', 'val_pq_stuff', 'val_miou'):
+            assert 0.0 <= float(row[key]) <= 100.0, row
+    with (tmp_path / 'metrics.csv').open() as file:
+        elapsed = [float(r['elapsed_s']) for r in csv.DictReader(file)]
+    assert len(elapsed) == 4 and elapsed == sorted(elapsed) and elapsed[0] > 0
+
+
+def test_periodic_evaluation_needs_a_validation_set(tmp_path):
+    config = tiny_config('data.type=ade20k_semantic', f'data.root={tmp_path}', 'eval.every=2')
+    from training.train import PeriodicEvaluation
+    with pytest.raises(ValueError, match=r'eval\.images_dir'):
+        PeriodicEvaluation(config, model_config(config, None))
+
+
+def test_init_across_input_sizes_keeps_content_positions(tmp_path):
+    """--init from a square model to a smaller grid keeps the top-left position embeddings
+    (the letterboxed content); a larger grid is resampled."""
+    from tokenmask_ros.synthetic import SYNTHETIC_CLASSES
+    classes = [{'name': c.name, 'is_thing': c.is_thing, 'color': tuple(c.color)}
+               for c in SYNTHETIC_CLASSES]
+    source_config = model_config(tiny_config(), classes)
+    source = build_model(source_config)
+    path = save_checkpoint(source, tmp_path / 'square.safetensors')
+    embed = source.backbone.pos_embed.detach()  # [1, 1 + 4 * 4, D]
+    grid = embed[:, 1:].reshape(1, 4, 4, -1)
+
+    result = train(tiny_config('model.img_size=[48,64]', 'optim.max_steps=1', 'checkpoint_every=0'),
+                   tmp_path / 'small', init=str(path), progress=False)
+    assert result['step'] == 1
+    from tokenmask_ros.model import load_config
+    assert load_config(tmp_path / 'small/model.safetensors').img_size == (48, 64)
+    from training.train import fit_position_embedding
+    target = source_config.replace(img_size=(48, 64))
+    fitted = fit_position_embedding(source.state_dict(), source_config, target)
+    torch.testing.assert_close(fitted['backbone.pos_embed'][:, :1], embed[:, :1])
+    torch.testing.assert_close(fitted['backbone.pos_embed'][:, 1:],
+                               grid[:, :3, :4].reshape(1, 12, -1))
+    larger = fit_position_embedding(source.state_dict(), source_config,
+                                    source_config.replace(img_size=(96, 64)))
+    assert larger['backbone.pos_embed'].shape == (1, 1 + 6 * 4, embed.shape[-1])
+    build_model(source_config.replace(img_size=(96, 64))).load_state_dict(larger)
+
+
+def test_stage2_recipe_loads():
+    config = load_train_config(REPO / 'training/configs/synthetic_tiny_tokenmask_cpu_stage2.yaml')
+    assert config.model['img_size'] == [240, 320]
+    assert (config.data.width, config.data.height) == (320, 320 * 3 // 4)
+    assert config.optim.mask_annealing is False

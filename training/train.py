@@ -7,7 +7,8 @@
 
 Configs are short YAML files over the defaults of :class:`TrainConfig`; ``section.key=value``
 arguments override them (values parsed as YAML). Writes ``config.yaml``, ``metrics.csv``
-(plus TensorBoard events when tensorboard is installed), ``checkpoints/step_N/`` (weights
+(plus ``eval.csv`` with periodic validation PQ / mIoU when ``eval.every`` > 0, and
+TensorBoard events when tensorboard is installed), ``checkpoints/step_N/`` (weights
 ``model.safetensors`` + pickle-free training state) and ``model.safetensors`` at the end.
 """
 
@@ -100,10 +101,29 @@ class OptimConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Periodic evaluation during training (rank 0 only; ``every`` = 0 turns it off).
+
+    Synthetic runs evaluate on ``images`` fresh validation-stream scenes of the training
+    size (``seed``); COCO-panoptic-format runs (COCO, ADE20K, Cityscapes) on the first
+    ``images`` of the split given by the three paths. Results go to eval.csv /
+    TensorBoard as ``val_pq``, ``val_pq_things``, ``val_pq_stuff``, ``val_miou``.
+    """
+
+    every: int = 0
+    images: int = 100
+    seed: int = 12345
+    images_dir: str | None = None
+    panoptic_dir: str | None = None
+    json_file: str | None = None
+
+
+@dataclass
 class TrainConfig:
     model: dict[str, Any] = field(default_factory=lambda: {'preset': 'small'})
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     device: str = 'auto'
     log_every: int = 10
@@ -137,11 +157,12 @@ def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> Tra
     unknown = set(raw) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise ValueError(f'unknown config section(s): {sorted(unknown)}')
-    config = TrainConfig(**{k: v for k, v in raw.items() if k not in ('data', 'optim', 'model')})
+    sections = {'data': DataConfig, 'optim': OptimConfig, 'eval': EvalConfig}
+    config = TrainConfig(**{k: v for k, v in raw.items() if k not in (*sections, 'model')})
     config.model = {**config.model, **raw.get('model', {})} if 'preset' not in \
         raw.get('model', {}) else dict(raw['model'])
-    for name, cls in (('data', DataConfig), ('optim', OptimConfig)):
-        section = raw.get(name, {})
+    for name, cls in sections.items():
+        section = raw.get(name) or {}
         unknown = set(section) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f'unknown {name} key(s): {sorted(unknown)}')
@@ -377,37 +398,81 @@ def fit_position_embedding(state: dict[str, torch.Tensor], source: TokenMaskConf
 
 
 class MetricLog:
-    """metrics.csv always; TensorBoard too when ``torch.utils.tensorboard`` imports."""
+    """CSV files in the run folder (``metrics.csv`` for training, ``eval.csv`` for periodic
+    evaluation: one header each), plus TensorBoard when ``torch.utils.tensorboard`` imports."""
 
     def __init__(self, out: Path, enabled: bool):
-        self.enabled, self.writer, self.file, self.csv = enabled, None, None, None
+        self.out, self.enabled, self.writer = out, enabled, None
+        self.files: dict[str, tuple[Any, csv.DictWriter]] = {}
         if not enabled:
             return
         with contextlib.suppress(ImportError):
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(out / 'tensorboard'))
-        self.path = out / 'metrics.csv'
 
-    def log(self, step: int, values: dict[str, float]) -> None:
+    def log(self, step: int, values: dict[str, float], name: str = 'metrics.csv') -> None:
         if not self.enabled:
             return
-        if self.csv is None:
-            new = not self.path.exists()
-            self.file = self.path.open('a', newline='')
-            self.csv = csv.DictWriter(self.file, ['step', *values], extrasaction='ignore')
+        if name not in self.files:
+            path = self.out / name
+            new = not path.exists()
+            file = path.open('a', newline='')
+            writer = csv.DictWriter(file, ['step', *values], extrasaction='ignore')
             if new:
-                self.csv.writeheader()
-        self.csv.writerow({'step': step, **values})
-        self.file.flush()
+                writer.writeheader()
+            self.files[name] = (file, writer)
+        file, writer = self.files[name]
+        writer.writerow({'step': step, **values})
+        file.flush()
         if self.writer is not None:
             for key, value in values.items():
                 self.writer.add_scalar(key, value, step)
 
     def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
+        for file, _ in self.files.values():
+            file.close()
+        self.files.clear()
         if self.writer is not None:
             self.writer.close()
+
+
+class PeriodicEvaluation:
+    """PQ / mIoU of the model under training on a fixed validation set (training/evaluate.py's
+    inference and metrics, so the numbers match a later ``evaluate.py`` run)."""
+
+    def __init__(self, config: TrainConfig, model_config: TokenMaskConfig):
+        from training import evaluate
+
+        self._evaluate = evaluate
+        settings = config.eval
+        if settings.images < 1:
+            raise ValueError(f'eval.images must be >= 1, got {settings.images}')
+        paths = (settings.images_dir, settings.panoptic_dir, settings.json_file)
+        if any(paths):
+            if not all(paths):
+                raise ValueError('eval needs all of images_dir, panoptic_dir and json_file')
+            dataset, self.classes = evaluate.coco_dataset(*paths)
+        elif config.data.type == 'synthetic':
+            dataset, self.classes = evaluate.synthetic_dataset(
+                settings.images, settings.seed, (config.data.height, config.data.width))
+        else:
+            raise ValueError(f'eval.every > 0 with data.type {config.data.type} needs '
+                             'eval.images_dir, eval.panoptic_dir and eval.json_file')
+        evaluate.check_classes(model_config, self.classes, 'validation')
+        self.samples = [dataset[i] for i in range(min(settings.images, len(dataset)))]
+        self.is_thing = [c.is_thing for c in self.classes]
+
+    @torch.no_grad()
+    def __call__(self, model, device: torch.device) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        metrics = self._evaluate.EvalMetrics(self.classes)
+        for image, target in self.samples:
+            prediction = self._evaluate.predict(model, [image], self.is_thing, device)[0]
+            metrics.update(prediction, target)
+        model.train(was_training)
+        result = metrics.compute()
+        return {f'val_{k}': result[k] for k in ('pq', 'pq_things', 'pq_stuff', 'miou')}
 
 
 def _previous_elapsed(path: Path, step: int) -> float:
@@ -510,6 +575,7 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
         out.mkdir(parents=True, exist_ok=True)
         (out / 'config.yaml').write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     log = MetricLog(out, main)
+    evaluation = PeriodicEvaluation(config, mconfig) if main and config.eval.every > 0 else None
     stream = batches(loader, sampler, dataset, start * optim.grad_accum)
     dtype = torch.bfloat16 if amp == 'bf16' else torch.float16
     losses: list[float] = []
@@ -563,6 +629,11 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
                                                       0.0),
                                **{f'attn_mask_prob_{i}': p for i, p in enumerate(probs)},
                                'elapsed_s': elapsed + time.monotonic() - started})
+            if evaluation is not None and (done % config.eval.every == 0 or done == total):
+                scores = evaluation(model, device)  # eval mode: no attention masks
+                log.log(done, {**scores, 'elapsed_s': elapsed + time.monotonic() - started},
+                        'eval.csv')
+                bar.write(f'step {done}: ' + ', '.join(f'{k} {v:.2f}' for k, v in scores.items()))
             if config.checkpoint_every > 0 and done % config.checkpoint_every == 0 \
                     and done != total:
                 save_all(out, done, model, optimizer, scheduler, scaler, config)
@@ -584,8 +655,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--resume', default=None,
                         help='checkpoint folder (checkpoints/step_N) to continue from')
     parser.add_argument('--init', default=None,
-                        help='tokenmask checkpoint to start from (config must match except img_size; '
-                             'the position embedding is cropped or resampled)')
+                        help='tokenmask checkpoint to start from (config must match except '
+                             'img_size; the position embedding is cropped or resampled)')
     parser.add_argument('--backbone-weights', default=None,
                         help='local safetensors file with pretrained timm/DINOv2 ViT weights')
     parser.add_argument('--no-progress', action='store_true', help='no tqdm bar')

@@ -146,12 +146,12 @@ def dense_panoptic_scores(class_logits: Tensor, mask_logits: Tensor,
     if valid is not None:  # padding: no query counts there
         counts = counts & valid[:, None]
         covered = covered & valid[:, None]
-    weighted = torch.where(counts, scores[:, :, None, None] * mask_logits.sigmoid(),
-                           torch.full_like(mask_logits, -1.0))
+    # Scalar fill values: a full_like tensor would be constant-folded into a [B, K, H, W]
+    # initializer of the ONNX export (hundreds of MB at 640x640).
+    weighted = torch.where(counts, scores[:, :, None, None] * mask_logits.sigmoid(), -1.0)
     best, winner = weighted.max(1)
     own_logit = torch.gather(mask_logits, 1, winner[:, None]).squeeze(1)
-    segment_map = torch.where((best >= 0) & (own_logit >= 0), winner,
-                              torch.full_like(winner, -1))
+    segment_map = torch.where((best >= 0) & (own_logit >= 0), winner, -1)
     query_ids = torch.arange(num_queries, device=mask_logits.device)[None, :, None, None]
     won = (winner[:, None] == query_ids) & counts
     return PanopticScores(

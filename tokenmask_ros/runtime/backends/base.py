@@ -9,7 +9,7 @@ import numpy as np
 from tokenmask_ros.model.postprocess import PanopticScores
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(RuntimeError):  # noqa: N818 (reads as a state, like TimeoutError)
     """The requested backend cannot run here; the message is one sentence saying why."""
 
 
@@ -30,7 +30,7 @@ class Backend(ABC):
             score_threshold: float) -> PanopticScores:
         """``image`` uint8 [1, 3, H, W], ``content_size`` int32 [2] -> NumPy outputs."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook, a no-op by default)
         """Release device memory and handles (idempotent)."""
 
     def describe(self) -> str:

@@ -1,0 +1,342 @@
+"""ONNX export of the deployed graph (:mod:`.graph`), FP32 or strongly typed FP16.
+
+The exported file describes itself: its ``metadata_props`` hold the model config (class
+names, thing flags, colours), the precision, the fixed input size and batch, so the
+onnxruntime and TensorRT backends and :class:`~tokenmask_ros.runtime.Segmenter` need nothing
+else. Files are written atomically (temp file in the same folder + ``os.replace``), so
+concurrent exports of the same checkpoint into the cache never expose a partial file.
+
+FP16 (``fp16=True``) follows the portable recipe of ``reference/tensorrt-facts.md``: the
+graph itself carries the types (TensorRT 11 is strongly typed and has no FP16 flag). Weights
+and activations are float16, except for three FP32 islands made by module replacements on a
+deep copy of the model (:func:`fp16_model`):
+
+1. every LayerNorm (``nn.LayerNorm`` and timm's ``LayerNorm`` / ``LayerNorm2d``): input cast
+   to FP32, statistics and affine in FP32 (its ``2 * D`` parameters stay FP32), output cast
+   back;
+2. every timm ``Attention``: q @ k^T (scaled in FP32) and the softmax in FP32, probabilities
+   cast back to FP16 for the product with v; FP16 scores overflow and give NaNs, as public
+   EoMT TensorRT exports show;
+3. the decoding: :class:`~tokenmask_ros.runtime.graph.DeployGraph` casts the class and mask
+   logits to FP32 before the class softmax, mask sigmoid and argmax.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tokenmask_ros.model.config import TokenMaskConfig
+from tokenmask_ros.runtime.engine_cache import cache_root, file_sha256
+
+FORMAT = 'tokenmask-onnx'
+FORMAT_VERSION = '1'
+OPSETS = (18, 19, 20)  # reference/tensorrt-facts.md: stay at 18-20
+PROTOBUF_LIMIT = 2**31 - 1  # a single ONNX protobuf file cannot exceed 2 GiB
+
+log = logging.getLogger('tokenmask_ros.runtime')
+
+__all__ = ['FORMAT', 'FORMAT_VERSION', 'OPSETS', 'ExportError', 'cached_onnx',
+           'default_cache_dir', 'export_module', 'export_onnx', 'fp16_model', 'parse_metadata',
+           'read_onnx_config', 'read_onnx_metadata']
+
+
+class ExportError(ValueError):
+    """An ONNX file is not a usable tokenmask export; the message names the file and why."""
+
+
+# --------------------------------------------------------------------------- FP16 islands
+
+
+class Fp32LayerNorm(nn.Module):
+    """Runs a LayerNorm over the last dimension (``nn.LayerNorm``, timm's ``LayerNorm``) in FP32
+    between casts: mean and variance of FP16 activations lose too much precision."""
+
+    def __init__(self, norm: nn.LayerNorm):
+        super().__init__()
+        self.norm = norm.float()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x.float()).to(x.dtype)
+
+
+class Fp32LayerNorm2d(nn.Module):
+    """timm's ``LayerNorm2d`` (over channels of NCHW maps) with the same FP32 island; the
+    transposes stay in FP16 so that only the normalisation itself moves FP32 data."""
+
+    def __init__(self, norm: nn.LayerNorm):
+        super().__init__()
+        self.norm = norm.float()
+
+    def forward(self, x: Tensor) -> Tensor:
+        norm = self.norm
+        y = F.layer_norm(x.permute(0, 2, 3, 1).float(), norm.normalized_shape, norm.weight,
+                         norm.bias, norm.eps)
+        return y.to(x.dtype).permute(0, 3, 1, 2)
+
+
+class Fp32ScoresAttention(nn.Module):
+    """timm ``Attention`` with the attention scores q @ k^T and their softmax in FP32.
+
+    Scores beyond 65504 are inf in FP16 and the softmax then NaN. Everything else (qkv and
+    output projections, the product of the probabilities with v) stays in the model's dtype.
+    It reuses the wrapped module's parameters and computes the same function (unfused).
+    """
+
+    def __init__(self, attn: nn.Module):
+        super().__init__()
+        self.attn = attn
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None,
+                is_causal: bool = False) -> Tensor:
+        attn = self.attn
+        if is_causal or getattr(attn, 'gate', None) is not None:
+            raise NotImplementedError('Fp32ScoresAttention supports plain ViT attention only')
+        batch, tokens, _ = x.shape
+        qkv = attn.qkv(x).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        scores = (q.float() * attn.scale) @ k.transpose(-2, -1).float()
+        if attn_mask is not None:
+            scores = (scores.masked_fill(~attn_mask, float('-inf')) if attn_mask.dtype == torch.bool
+                      else scores + attn_mask.float())
+        probs = scores.softmax(dim=-1).to(v.dtype)
+        x = (probs @ v).transpose(1, 2).reshape(batch, tokens, attn.attn_dim)
+        return attn.proj(attn.norm(x))
+
+
+def fp16_model(model: nn.Module) -> nn.Module:
+    """A half-precision deep copy of ``model`` with the FP32 islands of this module's doc.
+
+    Raises ``NotImplementedError`` for normalisation or attention modules it does not know
+    how to keep safe in FP16, rather than exporting a graph that may overflow.
+    """
+    from timm.layers import LayerNorm2d
+    from timm.models.vision_transformer import Attention
+
+    copied = copy.deepcopy(model).eval().half()
+    unknown = sorted({type(m).__name__ for m in copied.modules()
+                      if ('Norm' in type(m).__name__ and not isinstance(m, nn.LayerNorm))
+                      or (hasattr(m, 'fused_attn') and not isinstance(m, Attention))})
+    if unknown:
+        raise NotImplementedError(f'no FP16 recipe for {unknown}: export in FP32')
+    for parent in list(copied.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, LayerNorm2d):
+                setattr(parent, name, Fp32LayerNorm2d(child))
+            elif isinstance(child, nn.LayerNorm):
+                setattr(parent, name, Fp32LayerNorm(child))
+            elif isinstance(child, Attention):
+                setattr(parent, name, Fp32ScoresAttention(child))
+    return copied
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_module(module: nn.Module, inputs: Sequence[Tensor], path: str | Path, *,
+                  input_names: Sequence[str], output_names: Sequence[str], opset: int = 18,
+                  metadata: dict[str, str] | None = None) -> Path:
+    """Export ``module`` (traced on ``inputs``, fixed shapes) to ``path``, checked, atomically.
+
+    Uses PyTorch's TorchScript-based exporter (``dynamo=False``). The dynamo exporter, the
+    default since torch 2.9, fails here at once: it needs the ``onnxscript`` package, which
+    is not among this project's dependencies. For a fixed-shape ViT without control flow the
+    tracer gives a clean, deterministic graph (SDPA decomposed into MatMul + Softmax,
+    LayerNorm as ``LayerNormalization``, shapes constant-folded). Switch to ``dynamo=True``
+    if onnxscript becomes a dependency or torch drops the tracer.
+    """
+    if opset not in OPSETS:
+        raise ValueError(f'opset must be one of {OPSETS}, got {opset}: LayerNormalization '
+                         'needs 17, the torch exporters 18, and from 23 on attention becomes '
+                         'an ONNX op that TensorRT < 10.14 cannot parse')
+    path = Path(path)
+    size = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    if size > 0.95 * PROTOBUF_LIMIT:
+        raise ValueError(f'{size / 2**30:.1f} GiB of weights exceed the 2 GiB limit of a '
+                         'single ONNX file')
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        # The tracer warns about timm's input-size asserts (frozen at the fixed size, as
+        # intended) and that it is the legacy exporter.
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)
+        warnings.simplefilter('ignore', DeprecationWarning)
+        torch.onnx.export(module.eval(), tuple(inputs), buffer, input_names=list(input_names),
+                          output_names=list(output_names), opset_version=opset,
+                          do_constant_folding=True, dynamo=False)
+    import onnx
+
+    proto = onnx.load_from_string(buffer.getvalue())
+    for key, value in (metadata or {}).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    onnx.checker.check_model(proto, full_check=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    os.close(handle)
+    try:
+        onnx.save(proto, temp)
+        os.chmod(temp, 0o666 & ~_current_umask())  # mkstemp creates 0600 files
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+    return path
+
+
+def export_onnx(model: nn.Module, path: str | Path, *, fp16: bool = False, opset: int = 18,
+                batch: int = 1) -> Path:
+    """Export ``DeployGraph(model)`` at the model's fixed ``img_size`` to ``path``.
+
+    Inputs / outputs as :mod:`tokenmask_ros.runtime.graph` documents (``batch`` images per
+    call, fixed). ``fp16``: the strongly typed FP16 graph of this module's doc. ``model`` is
+    left as it was (it is copied when it is not an FP32 CPU model or for FP16).
+    """
+    from tokenmask_ros.runtime.graph import INPUT_NAMES, OUTPUT_NAMES, DeployGraph, example_inputs
+
+    if batch < 1:
+        raise ValueError(f'batch must be >= 1, got {batch}')
+    config: TokenMaskConfig = model.config
+    if any(t.device.type != 'cpu' or t.dtype != torch.float32
+           for t in model.state_dict().values() if t.is_floating_point()):
+        model = copy.deepcopy(model).to('cpu', torch.float32)
+    was_training = model.training
+    try:
+        graph = DeployGraph(fp16_model(model) if fp16 else model)
+        height, width = graph.input_size
+        metadata = {
+            'format': FORMAT,
+            'format_version': FORMAT_VERSION,
+            'config': json.dumps(config.to_dict()),
+            'precision': 'fp16' if fp16 else 'fp32',
+            'input_size': f'{height}x{width}',
+            'batch': str(batch),
+            'opset': str(opset),
+            'torch_version': torch.__version__,
+        }
+        return export_module(graph, example_inputs(graph.input_size, batch), path,
+                             input_names=INPUT_NAMES, output_names=OUTPUT_NAMES, opset=opset,
+                             metadata=metadata)
+    finally:
+        model.train(was_training)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _metadata_props(path: str | Path) -> dict[str, str]:
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'ONNX file not found: {path}')
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf's DecodeError and friends
+        raise ExportError(f'{path} is not a readable ONNX file: {error}') from None
+    return check_metadata({p.key: p.value for p in proto.metadata_props}, path)
+
+
+def check_metadata(props: dict[str, str], path: str | Path) -> dict[str, str]:
+    """``props`` (an ONNX file's ``metadata_props``) if they are a tokenmask export's of this
+    format version, else :class:`ExportError` naming ``path``."""
+    if props.get('format') != FORMAT:
+        raise ExportError(f'{path} is an ONNX file but not a tokenmask export (no '
+                          f'format={FORMAT!r} metadata; write one with export_onnx)')
+    if props.get('format_version') != FORMAT_VERSION:
+        raise ExportError(f'{path} has tokenmask ONNX format version '
+                          f'{props.get("format_version")!r}; this code reads {FORMAT_VERSION}')
+    return props
+
+
+def parse_metadata(props: dict[str, str], path: str | Path) -> dict:
+    """:func:`read_onnx_metadata` from already loaded ``metadata_props`` (e.g. those an
+    onnxruntime session reports), so a backend need not parse the file twice."""
+    props = check_metadata(props, path)
+    try:
+        height, width = (int(v) for v in props['input_size'].split('x'))
+        return {'format_version': props['format_version'], 'precision': props['precision'],
+                'input_size': (height, width), 'batch': int(props['batch']),
+                'opset': int(props['opset']), 'torch_version': props.get('torch_version')}
+    except (KeyError, ValueError) as error:
+        raise ExportError(f'{path} has unusable tokenmask metadata: {error!r}') from None
+
+
+def read_onnx_metadata(path: str | Path) -> dict:
+    """``{'format_version', 'precision', 'input_size': (H, W), 'batch', 'opset',
+    'torch_version'}`` of a tokenmask export; :class:`ExportError` for any other file."""
+    return parse_metadata(_metadata_props(path), path)
+
+
+def read_onnx_config(path: str | Path) -> TokenMaskConfig:
+    """The model config stored in a tokenmask ONNX export; :class:`ExportError` otherwise."""
+    props = _metadata_props(path)
+    try:
+        return TokenMaskConfig.from_dict(json.loads(props['config']))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ExportError(f'{path} has an unusable model config: {error}') from None
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def default_cache_dir() -> Path:
+    """Where exports are cached: :func:`~tokenmask_ros.runtime.engine_cache.cache_root`."""
+    return cache_root()
+
+
+def cached_onnx(checkpoint_path: str | Path, precision: str,
+                cache_dir: str | Path | None = None) -> Path:
+    """An ONNX export of ``checkpoint_path`` at ``precision`` ('fp32' | 'fp16'), from the cache.
+
+    A ``.safetensors`` checkpoint is exported once to
+    ``<cache_dir>/<stem>-<sha256[:16]>-<H>x<W>-<precision>.onnx`` (the hash is over the
+    checkpoint file, so a changed checkpoint gets a new file) and reused afterwards unless
+    that file is no longer a readable export of this format version. ``cache_dir`` defaults
+    to :func:`default_cache_dir`.
+
+    An ``.onnx`` path is returned as it is, after checking it is a tokenmask export: its
+    precision is fixed in the graph and wins. Callers resolve 'auto' before asking, so a
+    different ``precision`` is only logged as a warning, not an error.
+    """
+    path = Path(checkpoint_path)
+    if precision not in ('fp32', 'fp16'):
+        raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+    if path.suffix == '.onnx':
+        actual = read_onnx_metadata(path)['precision']
+        if actual != precision:
+            log.warning('%s is a %s export; running it in %s (not %s)', path.name, actual,
+                        actual, precision)
+        return path
+    from tokenmask_ros.model import load_checkpoint, load_config
+
+    config = load_config(path)
+    height, width = config.img_size
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = cache / f'{path.stem}-{file_sha256(path)[:16]}-{height}x{width}-{precision}.onnx'
+    if target.is_file():
+        try:
+            read_onnx_metadata(target)
+            return target
+        except ExportError as error:
+            log.warning('re-exporting the cached ONNX file: %s', error)
+    log.info('exporting %s to %s (%s)', path.name, target, precision)
+    return export_onnx(load_checkpoint(path), target, fp16=precision == 'fp16')
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
