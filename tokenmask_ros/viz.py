@@ -48,3 +48,18 @@ def overlay(image: np.ndarray, color_labels: np.ndarray, alpha: float = 0.5) -> 
     if image.shape != color_labels.shape:
         raise ValueError(f'image {image.shape} and labels {color_labels.shape} differ in shape')
     return cv2.addWeighted(image, 1.0 - alpha, color_labels, alpha, 0.0)
+
+
+def class_colors(classes, num_classes: int | None = None) -> np.ndarray:
+    """(C, 3) uint8 colours of a model's classes: their own where set, else the palette's.
+
+    ``classes``: :class:`~tokenmask_ros.model.ClassInfo`-like objects with ``color``
+    (may be ``None``), or empty with ``num_classes`` given.
+    """
+    classes = list(classes or ())
+    count = len(classes) if classes else int(num_classes or 0)
+    colors = palette(count).copy()
+    for index, info in enumerate(classes):
+        if getattr(info, 'color', None) is not None:
+            colors[index] = np.asarray(info.color, np.uint8)
+    return colors

@@ -16,6 +16,12 @@ K=200 queries, 150 classes) for every valid (backbone, head, upsampling, output 
   favour one of them.
 * peak memory of one inference: counted from tensor allocations (CPU; models a fused
   attention kernel) or ``torch.cuda.max_memory_allocated`` (``--device cuda``).
+* with ``--backends torch onnxruntime [tensorrt]``: latency (median, p90) and FPS of the
+  whole deployed path per backend, ``Segmenter`` = letterbox + backend + panoptic decoding
+  on synthetic frames, measured on a random-weight checkpoint of each latency row by
+  :func:`tokenmask_ros.runtime.bench.bench_segmenter`, the function ``tokenmask bench``
+  uses (one configuration after the other, not interleaved). Off by default (ONNX exports
+  take a while); a backend that cannot run here is reported as skipped with the reason.
 
 FLOPs and the counted memory use models built on the ``meta`` device (no weights, no time);
 only latency (and CUDA memory) builds real models.
@@ -23,6 +29,7 @@ only latency (and CUDA memory) builds real models.
     python training/benchmark.py                                  # the full paper grid
     python training/benchmark.py --backbones tiny --strides 4     # a quick look
     python training/benchmark.py --variants --no-latency          # how the paper counted
+    python training/benchmark.py --backbones tiny --strides 4 --backends torch onnxruntime
 
 Writes ``costs.md``, ``costs.csv`` and ``costs.png`` (plus ``variants.md``/``.csv`` with
 ``--variants``) into ``--out``.
@@ -38,6 +45,7 @@ import os
 import platform
 import shlex
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +58,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from tokenmask_ros.cli import parse_size  # noqa: E402
 from tokenmask_ros.model.backbone import count_parameters  # noqa: E402
 from tokenmask_ros.model.config import PRESETS, UPSAMPLING, TokenMaskConfig  # noqa: E402
 from tokenmask_ros.model.flops import (  # noqa: E402
@@ -60,6 +69,8 @@ from tokenmask_ros.model.flops import (  # noqa: E402
     measure_cuda_memory,
 )
 from tokenmask_ros.model.tokenmask import build_model  # noqa: E402
+from tokenmask_ros.runtime.backends import BACKENDS  # noqa: E402
+from tokenmask_ros.runtime.bench import cpu_name  # noqa: E402
 
 HEAD_NAMES = {'tokenmask': 'TokenMask', 'eomt': 'EoMT'}
 BACKBONE_NAMES = {'tiny': 'ViT-T', 'small': 'ViT-S', 'base': 'ViT-B', 'large': 'ViT-L',
@@ -88,6 +99,12 @@ CSV_COLUMNS = (
     'latency_ms_median', 'latency_ms_p90', 'latency_repeats', 'latency_device', 'threads',
     'act_mem_mb', 'peak_mem_mb', 'mem_method',
 )
+SEGMENTER_COLUMNS = ('ms_median', 'ms_p90', 'fps', 'status')  # per --backends entry, prefixed
+
+
+def csv_columns(backends) -> list[str]:
+    extra = [f'{b}_{c}' for b in backends for c in SEGMENTER_COLUMNS]
+    return [*CSV_COLUMNS, *(['frame_size'] if backends else []), *extra]
 
 # --variants: counting choices that could explain a gap to the paper.
 VARIANTS = (
@@ -145,6 +162,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--warmup', type=int, default=2, help='untimed rounds before timing')
     parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu',
                         help='device for latency and memory (cuda: max_memory_allocated)')
+    parser.add_argument('--backends', nargs='+', default=[], choices=BACKENDS, metavar='NAME',
+                        help='also time the full Segmenter path (preprocess + backend + '
+                             f'decoding) with these backends, from {list(BACKENDS)}, on the '
+                             'latency backbones (default: none)')
+    parser.add_argument('--frame-size', type=parse_size, metavar='WxH',
+                        help='camera frame size for --backends (default: img-size square)')
     parser.add_argument('--no-memory', action='store_true', help='skip peak-memory counting')
     parser.add_argument('--variants', action='store_true',
                         help='also count the variants that explain differences to the '
@@ -268,6 +291,43 @@ def measure_latencies(rows: list[Row], args: argparse.Namespace) -> None:
     progress.close()
 
 
+def measure_segmenter_latencies(rows: list[Row], args: argparse.Namespace) -> None:
+    """Per ``--backends`` entry: the Segmenter's latency on each latency row's model.
+
+    Each configuration is saved as a random-weight checkpoint (seeded) and timed by
+    :func:`tokenmask_ros.runtime.bench.bench_segmenter` on synthetic frames of
+    ``--frame-size``, with the Segmenter's default thresholds.
+    """
+    from tokenmask_ros.model import save_checkpoint
+    from tokenmask_ros.runtime.bench import bench_segmenter, synthetic_frames
+
+    selected = [r for r in rows if r.values['backbone'] in args.latency_backbones]
+    size = args.frame_size or (args.img_size, args.img_size)
+    frames = synthetic_frames(*size)
+    progress = tqdm(total=len(selected) * len(args.backends), desc='segmenter', unit='run')
+    with tempfile.TemporaryDirectory(prefix='tokenmask_bench_') as tmp:
+        for index, row in enumerate(selected):
+            torch.manual_seed(0)
+            checkpoint = save_checkpoint(build_model(row.config),
+                                         Path(tmp) / f'model_{index}.safetensors')
+            row.values['frame_size'] = f'{size[0]}x{size[1]}'
+            for backend in args.backends:
+                progress.set_postfix_str(f"{row.values['backbone']} {row.config.head} "
+                                         f'{backend}')
+                result = bench_segmenter(checkpoint, backend, 'auto', size, device=args.device,
+                                         warmup=args.warmup, repeats=args.repeats,
+                                         frames=frames, cache_dir=Path(tmp) / 'cache')
+                row.values[f'{backend}_status'] = (
+                    'ok' if result.ok else f'{result.status}: {result.reason}')
+                if result.ok:
+                    row.values.update({f'{backend}_ms_median': result.total.median,
+                                       f'{backend}_ms_p90': result.total.p90,
+                                       f'{backend}_fps': result.fps})
+                progress.update()
+            checkpoint.unlink()
+    progress.close()
+
+
 def count_variants(rows: list[Row]) -> list[dict]:
     """GFLOPs of each paper-referenced row under each counting choice in VARIANTS."""
     results = []
@@ -303,10 +363,20 @@ def _pct(value) -> str:
     return '–' if value is None else f'{value:+.1f}%'
 
 
-def markdown_table(rows: list[Row]) -> str:
+def _segmenter_cell(values: dict, backend: str) -> str:
+    status = values.get(f'{backend}_status')
+    if status is None:
+        return '–'
+    if status != 'ok':
+        return status.split(':', 1)[0]  # 'skipped' / 'error'; the reason is in the notes
+    return f"{values[f'{backend}_ms_median']:.1f} / {values[f'{backend}_ms_p90']:.1f}"
+
+
+def markdown_table(rows: list[Row], backends=()) -> str:
     header = ('| Backbone | Head | Upsampling | Stride | L2 | Params (M) | GFLOPs (a) | '
               '(a) head | Paper | Δ (a) vs paper | GFLOPs (b) | (b) head | '
-              'Latency median (ms) | p90 (ms) | Act. peak (MB) | Peak (MB) |')
+              'Latency median (ms) | p90 (ms) | Act. peak (MB) | Peak (MB) |'
+              + ''.join(f' Segmenter {b} (ms, median / p90) |' for b in backends))
     lines = [header, '|' + '---|' * header.count(' | ') + '---|']
     for row in rows:
         v = row.values
@@ -318,8 +388,22 @@ def markdown_table(rows: list[Row]) -> str:
             _fmt(v['params_m']), _fmt(v['gflops_paper']), _fmt(v['gflops_paper_head']), paper,
             _pct(v.get('diff_pct')), _fmt(v['gflops_deploy']), _fmt(v['gflops_deploy_head']),
             _fmt(v.get('latency_ms_median'), 1), _fmt(v.get('latency_ms_p90'), 1),
-            _fmt(v.get('act_mem_mb'), 1), _fmt(v.get('peak_mem_mb'), 1))) + ' |')
+            _fmt(v.get('act_mem_mb'), 1), _fmt(v.get('peak_mem_mb'), 1),
+            *(_segmenter_cell(v, b) for b in backends))) + ' |')
     return '\n'.join(lines)
+
+
+def segmenter_notes(rows: list[Row], backends) -> str:
+    """What the Segmenter columns measure, and why a backend was skipped."""
+    if not backends:
+        return ''
+    frame = next((r.values['frame_size'] for r in rows if 'frame_size' in r.values), '?')
+    reasons = dict.fromkeys(r.values[f'{b}_status'] for r in rows for b in backends
+                            if r.values.get(f'{b}_status', 'ok') != 'ok')
+    text = (f'Segmenter columns: the whole deployed call (letterbox + backend + panoptic '
+            f'decoding, `tokenmask_ros.runtime.bench`, as `tokenmask bench`) on {frame} '
+            'synthetic frames, random weights, default thresholds, precision auto.')
+    return text + ''.join(f' {reason}.' for reason in reasons)
 
 
 def variants_table(results: list[dict]) -> str:
@@ -336,16 +420,6 @@ def variants_table(results: list[dict]) -> str:
             cells.append(f'{r[name]:.2f} ({diff:+.1f}%)')
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def environment(args: argparse.Namespace) -> str:
@@ -450,21 +524,26 @@ def main(argv=None) -> int:
         count_row(row, args)
     if not args.no_latency:
         measure_latencies(rows, args)
+    if args.backends:
+        measure_segmenter_latencies(rows, args)
     command = 'python training/benchmark.py ' + shlex.join(sys.argv[1:] if argv is None
                                                             else argv)
-    table = markdown_table(rows)
+    table = markdown_table(rows, args.backends)
     conventions = (
         '(a) paper convention: multiply-add counted once, fused attention not counted, layer '
         'norm 5/element, bilinear upsampling 4/output element (fvcore), head evaluated at the '
         'L2+1 predictions. (b) deploy: every op of one inference (attention, GELU, softmax, '
         'norms, bias adds...), final head only. Memory: one inference, batch 1, fp32; '
         '"Act. peak" counts tensors created during the forward, "Peak" adds weights and input.')
+    notes = segmenter_notes(rows, args.backends)
     text = (f'# Cost benchmark\n\n`{command.strip()}`\n\n{environment(args)}\n\n'
-            f'{conventions}\n\n{table}\n')
+            f'{conventions}{" " + notes if notes else ""}\n\n{table}\n')
     (args.out / 'costs.md').write_text(text)
-    write_csv(args.out / 'costs.csv', [r.values for r in rows], CSV_COLUMNS)
+    write_csv(args.out / 'costs.csv', [r.values for r in rows], csv_columns(args.backends))
     plot(args.out / 'costs.png', rows, args.plot_stride)
     print(table)
+    if notes:
+        print('\n' + notes)
     written = ['costs.md', 'costs.csv', 'costs.png']
     if args.variants:
         results = count_variants(rows)

@@ -13,7 +13,8 @@ under ``torch.inference_mode``, and decoded at its ORIGINAL resolution: panoptic
 
 Writes into ``--out`` (default ``eval_results/``): ``metrics.json``; the predictions in
 COCO-panoptic format (``panoptic/<image>.png``, segment id = R + 256 G + 256^2 B, and
-``predictions.json`` whose ``segments_info`` use the dataset's category ids); with
+``predictions.json`` whose ``segments_info`` use the dataset's category ids; written by
+:mod:`tokenmask_ros.coco_panoptic_io`, as ``tokenmask predict`` writes them); with
 ``--plot K`` ``predictions_grid.png`` (K rows: image | ground truth | prediction).
 
 The metric accumulation (:class:`EvalMetrics`) takes any object with ``panoptic`` and
@@ -42,6 +43,7 @@ from torchvision.transforms.v2 import functional as TF  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from tokenmask_ros.cli import parse_size  # noqa: E402
+from tokenmask_ros.coco_panoptic_io import categories_json, encode_panoptic, write_png  # noqa: E402
 from tokenmask_ros.model import CheckpointError, load_checkpoint, load_config  # noqa: E402
 from tokenmask_ros.model.postprocess import (  # noqa: E402
     LABEL_DIVISOR,
@@ -53,7 +55,6 @@ from tokenmask_ros.model.postprocess import (  # noqa: E402
     panoptic_predictions,
 )
 from tokenmask_ros.viz import colorize_panoptic, overlay, palette  # noqa: E402
-from training.datasets.coco_panoptic import id2rgb  # noqa: E402
 from training.datasets.common import DatasetError, masks_to_semantic  # noqa: E402
 from training.metrics import PanopticMetrics, SemanticMetrics, target_panoptic  # noqa: E402
 
@@ -250,33 +251,15 @@ def coco_annotation(prediction, classes: list[EvalClass], image_id, file_name: s
                     panoptic_dir: Path, label_divisor: int = LABEL_DIVISOR) -> dict:
     """Write ``prediction`` as a COCO-panoptic PNG; return its ``annotations[]`` entry.
 
-    File segment id = ``category_id * label_divisor + instance`` (never 0, which is VOID);
-    ``segments_info`` lists every id of the PNG with the dataset's category ids.
+    The encoding is :mod:`tokenmask_ros.coco_panoptic_io`'s (also ``tokenmask predict``'s):
+    file segment ids ``1..N`` per image (0 = VOID) with the dataset's category ids, our
+    panoptic id kept as ``panoptic_id``, and the segment score where the prediction has one.
     """
-    panoptic = np.asarray(prediction.panoptic).astype(np.int64)
-    category_ids = np.array([c.category_id for c in classes], np.int64)
-    valid = (panoptic >= 0) & (panoptic < len(classes) * label_divisor)
-    class_map = np.where(valid, panoptic // label_divisor, 0)
-    file_ids = np.where(valid, category_ids[class_map] * label_divisor
-                        + panoptic % label_divisor, 0)
-    scores = {s.id: s.score for s in getattr(prediction, 'segments', [])}
-    segments = []
-    for segment_id in np.unique(panoptic[valid]):
-        mask = panoptic == segment_id
-        ys, xs = np.nonzero(mask)
-        cls = int(segment_id // label_divisor)
-        info = {'id': int(category_ids[cls] * label_divisor + segment_id % label_divisor),
-                'category_id': int(category_ids[cls]), 'iscrowd': 0,
-                'bbox': [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
-                         int(ys.max() - ys.min() + 1)],
-                'area': int(mask.sum())}
-        if int(segment_id) in scores:
-            info['score'] = round(float(scores[int(segment_id)]), 5)
-        segments.append(info)
+    file_ids, segments = encode_panoptic(prediction.panoptic,
+                                         [c.category_id for c in classes], label_divisor,
+                                         getattr(prediction, 'segments', ()))
     png_name = Path(file_name).with_suffix('.png').name
-    panoptic_dir.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(panoptic_dir / png_name), id2rgb(file_ids)[..., ::-1]):
-        raise OSError(f'cannot write {panoptic_dir / png_name}')
+    write_png(panoptic_dir / png_name, file_ids)
     image_id = image_id.item() if isinstance(image_id, torch.Tensor) else image_id
     return {'image_id': image_id, 'file_name': png_name, 'segments_info': segments}
 
@@ -422,8 +405,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         'overlap_threshold': args.overlap_threshold, 'device': args.device,
     }
     (out / 'metrics.json').write_text(json.dumps(result, indent=2))
-    categories = [{'id': c.category_id, 'name': c.name, 'isthing': int(c.is_thing),
-                   'color': list(c.color)} for c in classes]
+    categories = categories_json([c.name for c in classes], [c.is_thing for c in classes],
+                                 [c.color for c in classes], [c.category_id for c in classes])
     (out / 'predictions.json').write_text(json.dumps(
         {'images': images_info, 'annotations': annotations, 'categories': categories}))
     if grid_rows:

@@ -78,7 +78,8 @@ class Segmenter:
             backend, model_path, device=device, precision=precision, cache_dir=cache_dir,
             force_engine_update=force_engine_update, compile=compile)
         self.config: TokenMaskConfig = model_config(model_path)
-        self.is_thing = thing_flags(self.config.classes, self.config.num_classes)
+        # A checkpoint without class information: every class is a thing.
+        self.is_thing = thing_flags(self.config.classes or None, self.config.num_classes)
         self.score_threshold = score_threshold
         self.overlap_threshold = overlap_threshold
         self.label_divisor = label_divisor

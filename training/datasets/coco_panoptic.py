@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
+from tokenmask_ros.coco_panoptic_io import rgb2id
 from training.datasets.common import (
     DatasetError,
     make_sample,
@@ -43,22 +44,6 @@ class DatasetClass:
     name: str
     is_thing: bool
     color: tuple[int, int, int]
-
-
-def rgb2id(png: np.ndarray) -> np.ndarray:
-    """Segment ids ``R + 256 G + 256^2 B`` of an ``(H, W, 3)`` RGB array, as int32."""
-    if png.ndim != 3 or png.shape[2] < 3:
-        raise ValueError(f'expected an (H, W, 3) RGB array, got shape {png.shape}')
-    png = png[..., :3].astype(np.int32)
-    return png[..., 0] + 256 * png[..., 1] + 65536 * png[..., 2]
-
-
-def id2rgb(ids: np.ndarray) -> np.ndarray:
-    """The inverse of :func:`rgb2id`: ``(H, W)`` ids (0 .. 2^24-1) to ``(H, W, 3)`` uint8 RGB."""
-    ids = np.asarray(ids, dtype=np.int64)
-    if ids.size and (ids.min() < 0 or ids.max() >= 1 << 24):
-        raise ValueError('segment ids must lie in 0 .. 2^24 - 1 to fit an RGB PNG')
-    return np.stack([ids & 255, (ids >> 8) & 255, (ids >> 16) & 255], -1).astype(np.uint8)
 
 
 def _need(mapping: dict, key: str, where: str):

@@ -25,8 +25,9 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
+from tokenmask_ros.coco_panoptic_io import id2rgb
 from tokenmask_ros.synthetic import LABEL_DIVISOR, SYNTHETIC_CLASSES, SceneGenerator
-from training.datasets.coco_panoptic import CocoPanoptic, id2rgb
+from training.datasets.coco_panoptic import CocoPanoptic
 from training.datasets.common import make_sample
 
 SPLIT_STREAMS = {'train': 0, 'val': 1}

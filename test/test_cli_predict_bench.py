@@ -1,0 +1,299 @@
+"""`tokenmask predict` and `tokenmask bench` on real files and models.
+
+predict runs (as the installed command) on a folder with two PNGs and a short MJPG video;
+its COCO-panoptic PNGs must decode to exactly what the Segmenter returns for the same
+frames. bench runs with tiny repeats; combinations that cannot run here must be rows with
+a reason, not crashes. Checks that need no fresh process call ``cli.main`` in-process
+(torch is imported once), to keep the file fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT, installed_executable, run_command
+
+from tokenmask_ros import cli
+from tokenmask_ros.coco_panoptic_io import rgb2id
+from tokenmask_ros.model import ClassInfo, TokenMaskConfig, build_model, save_checkpoint
+from tokenmask_ros.runtime import Segmenter
+from tokenmask_ros.synthetic import SceneGenerator
+
+CLASSES = (ClassInfo('car', True, (200, 30, 30)), ClassInfo('road', False, (90, 90, 90)),
+           ClassInfo('person', True), ClassInfo('sky', False))
+THRESHOLDS = ['--score-threshold', '0', '--overlap-threshold', '0']
+
+
+def onnxruntime_backend_ready() -> bool:
+    """True once tokenmask_ros.runtime.backends.onnxruntime_backend exists and imports."""
+    try:
+        return importlib.util.find_spec(
+            'tokenmask_ros.runtime.backends.onnxruntime_backend') is not None
+    except ImportError:
+        return False
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    config = TokenMaskConfig(backbone='vit_tiny_patch16_224', img_size=(64, 96), embed_dim=32,
+                             depth=2, num_heads=2, num_queries=6, num_query_blocks=1,
+                             num_classes=len(CLASSES), classes=CLASSES)
+    return save_checkpoint(build_model(config),
+                           tmp_path_factory.mktemp('model') / 'tiny.safetensors')
+
+
+@pytest.fixture(scope='module')
+def inputs(tmp_path_factory):
+    """A folder with two PNGs of different sizes and a 3-frame MJPG video."""
+    root = tmp_path_factory.mktemp('inputs')
+    folder = root / 'images'
+    folder.mkdir()
+    for index, (width, height) in enumerate(((160, 120), (90, 130))):
+        image = SceneGenerator(height=height, width=width, seed=index).scene(0).image
+        cv2.imwrite(str(folder / f'img{index + 1}.png'), image[..., ::-1])
+    video = root / 'clip.avi'
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*'MJPG'), 5, (112, 80))
+    assert writer.isOpened(), 'OpenCV cannot write MJPG video here'
+    generator = SceneGenerator(height=80, width=112, seed=7)
+    for index in range(3):
+        writer.write(generator.scene(index).image[..., ::-1].copy())
+    writer.release()
+    return folder, video
+
+
+def tokenmask(*args: str, timeout: float = 120):
+    return run_command([*installed_executable('tokenmask'), *args], timeout=timeout,
+                       cwd=REPO_ROOT)
+
+
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    """``tokenmask ARGS`` in this process: (exit status, stdout, stderr)."""
+    capsys.readouterr()
+    code = cli.main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def read_video_rgb(path) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, bgr = capture.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    capture.release()
+    return frames
+
+
+def test_parser_constants_match_the_runtime():
+    """cli keeps literal copies (no torch import for --help); they must not drift."""
+    from tokenmask_ros.model import postprocess
+    from tokenmask_ros.runtime import backends
+
+    assert cli.BACKENDS == backends.BACKENDS and cli.PRECISIONS == backends.PRECISIONS
+    assert (cli.SCORE_THRESHOLD, cli.OVERLAP_THRESHOLD, cli.LABEL_DIVISOR) == (
+        postprocess.SCORE_THRESHOLD, postprocess.OVERLAP_THRESHOLD, postprocess.LABEL_DIVISOR)
+
+
+# --- predict ---------------------------------------------------------------------------
+
+def test_predict_writes_coco_panoptic_equal_to_the_segmenter(checkpoint, inputs, tmp_path):
+    folder, video = inputs
+    out = tmp_path / 'out'
+    result = tokenmask('predict', '--model', str(checkpoint), '--backend', 'torch',
+                       '--device', 'cpu', *THRESHOLDS, str(folder), str(video), '-o', str(out))
+    assert result.returncode == 0, result.stderr
+    assert 'segmented 5 frame(s)' in result.stdout
+
+    data = json.loads((out / 'predictions.json').read_text())
+    names = ['img1', 'img2', 'clip_000000', 'clip_000001', 'clip_000002']
+    assert [a['file_name'] for a in data['annotations']] == [f'{n}.png' for n in names]
+
+    # COCO-panoptic structure (panopticapi's fields).
+    categories = {c['id']: c for c in data['categories']}
+    assert list(categories) == [0, 1, 2, 3]
+    assert [c['name'] for c in data['categories']] == [c.name for c in CLASSES]
+    assert [c['isthing'] for c in data['categories']] == [1, 0, 1, 0]
+    assert data['categories'][0]['color'] == [200, 30, 30]
+    assert all(len(c['color']) == 3 for c in data['categories'])
+    images = {i['id']: i for i in data['images']}
+    assert len(images) == 5 and set(images) == {a['image_id'] for a in data['annotations']}
+    assert images[0]['file_name'] == 'img1.png' and images[2]['frame'] == 0
+    assert (images[1]['width'], images[1]['height']) == (90, 130)
+
+    # The frames as the Segmenter sees them: PNGs exactly, video frames as OpenCV decodes.
+    frames = [cv2.imread(str(folder / f'img{i}.png'))[..., ::-1] for i in (1, 2)]
+    frames += read_video_rgb(video)
+    assert len(frames) == 5
+    with Segmenter(checkpoint, 'torch', 'cpu', score_threshold=0.0,
+                   overlap_threshold=0.0) as segmenter:
+        expected = [segmenter(np.ascontiguousarray(f)) for f in frames]
+
+    found_segments = 0
+    for name, annotation, rgb, prediction in zip(names, data['annotations'], frames, expected,
+                                                 strict=True):
+        png = cv2.imread(str(out / 'panoptic' / f'{name}.png'), cv2.IMREAD_COLOR)
+        file_ids = rgb2id(png[..., ::-1])
+        assert file_ids.shape == rgb.shape[:2] == (images[annotation['image_id']]['height'],
+                                                    images[annotation['image_id']]['width'])
+        info = annotation['segments_info']
+        assert [s['id'] for s in info] == list(range(1, len(info) + 1))
+        assert set(np.unique(file_ids)) - {0} == {s['id'] for s in info}
+        lookup = np.full(len(info) + 1, -1, np.int64)
+        for segment in info:
+            lookup[segment['id']] = segment['panoptic_id']
+            mask = file_ids == segment['id']
+            assert segment['area'] == int(mask.sum())
+            ys, xs = np.nonzero(mask)
+            assert segment['bbox'] == [int(xs.min()), int(ys.min()),
+                                       int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+            assert segment['category_id'] == segment['panoptic_id'] // 1000
+            assert segment['iscrowd'] == 0 and 0.0 <= segment['score'] <= 1.0
+        np.testing.assert_array_equal(lookup[file_ids], prediction.panoptic)
+        assert [s['panoptic_id'] for s in info] == [s.id for s in prediction.segments]
+        found_segments += len(info)
+
+        overlay = cv2.imread(str(out / 'overlay' / f'{name}.jpg'))
+        assert overlay is not None and overlay.shape == rgb.shape
+    assert found_segments > 0
+
+
+def test_predict_without_overlays_and_with_duplicate_stems(checkpoint, inputs, tmp_path,
+                                                          capsys):
+    folder, _ = inputs
+    other = tmp_path / 'other'
+    other.mkdir()
+    (other / 'img1.png').write_bytes((folder / 'img1.png').read_bytes())
+    out = tmp_path / 'out'
+    code, stdout, stderr = run_main(
+        capsys, 'predict', '--model', str(checkpoint), '--backend', 'torch', '--device', 'cpu',
+        '--no-overlay', '--quiet', str(folder / 'img1.png'), str(other / 'img1.png'),
+        '-o', str(out))
+    assert code == 0, stderr
+    assert stdout == ''
+    assert sorted(p.name for p in (out / 'panoptic').iterdir()) == ['img1.png', 'img1_2.png']
+    assert not (out / 'overlay').exists()
+
+
+def test_predict_input_errors_are_one_line_with_exit_status_2(checkpoint, inputs, tmp_path):
+    """Checked before the model loads, in a real process (stderr holds nothing else)."""
+    folder, _ = inputs
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    broken = tmp_path / 'broken.png'
+    broken.write_bytes(b'not a png at all')
+    (tmp_path / 'notes.txt').write_text('neither an image nor a video')
+    cases = [
+        ([str(tmp_path / 'missing.png')], checkpoint, 'input not found'),
+        ([str(empty)], checkpoint, 'has no images'),
+        ([str(folder), str(broken)], checkpoint, 'cannot read image'),
+        ([str(tmp_path / 'notes.txt')], checkpoint, 'cannot open video file'),
+        ([str(folder)], tmp_path / 'none.safetensors', 'model file not found'),
+    ]
+    for paths, model, message in cases:
+        result = tokenmask('predict', '--model', str(model), *paths, '-o', str(tmp_path / 'o'))
+        assert result.returncode == 2, (paths, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], result.stderr
+        assert lines[0].startswith('tokenmask predict: error: ')
+    assert not (tmp_path / 'o').exists()
+
+
+def test_predict_model_and_decoding_errors_exit_2(checkpoint, inputs, tmp_path, capsys):
+    folder, _ = inputs
+    code, _, stderr = run_main(capsys, 'predict', '--model', str(checkpoint), '--backend',
+                               'torch', '--score-threshold', '2', str(folder), '-o',
+                               str(tmp_path / 'out'))
+    assert code == 2 and 'score_threshold must be in [0, 1], got 2.0' in stderr
+    # A PNG cut short passes the header check and fails while decoding, after the model
+    # loaded (a progress bar may precede the error): still exit 2, error on the last line.
+    truncated = tmp_path / 'truncated.png'
+    truncated.write_bytes((folder / 'img1.png').read_bytes()[:200])
+    code, _, stderr = run_main(capsys, 'predict', '--model', str(checkpoint), '--backend',
+                               'torch', '--device', 'cpu', str(truncated), '-o',
+                               str(tmp_path / 'out'))
+    assert code == 2
+    assert 'cannot read image' in stderr.strip().splitlines()[-1]
+
+
+# --- bench -----------------------------------------------------------------------------
+
+def test_bench_writes_table_csv_and_plot_with_skipped_rows(checkpoint, tmp_path, capsys):
+    out = tmp_path / 'bench'
+    code, stdout, stderr = run_main(
+        capsys, 'bench', '--model', str(checkpoint), '--device', 'cpu',
+        '--backends', 'torch', 'onnxruntime', 'tensorrt', '--precisions', 'fp32', 'fp16',
+        '--size', '96x64', '50x40', '--warmup', '0', '--repeats', '2',
+        '--cache-dir', str(tmp_path / 'cache'), '-o', str(out))
+    assert code == 0, stderr
+    with (out / 'bench.csv').open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert set(rows[0]) >= {'backend', 'precision', 'device', 'width', 'height', 'status',
+                            'reason', 'total_ms_median', 'total_ms_p90', 'total_ms_p99',
+                            'preprocess_ms_median', 'inference_ms_median',
+                            'postprocess_ms_median', 'fps', 'peak_mem_mb', 'mem_method'}
+    assert len(rows) == 3 * 2 * 2
+    by_key = {(r['backend'], r['precision'], r['width']): r for r in rows}
+
+    def check_ok(row):
+        assert row['status'] == 'ok', row
+        assert row['device'] == 'cpu' and row['input_size'] == '96x64'
+        for stage in ('total', 'preprocess', 'inference', 'postprocess'):
+            assert float(row[f'{stage}_ms_median']) > 0
+        assert float(row['total_ms_p99']) >= float(row['total_ms_median'])
+        assert float(row['fps']) > 0 and float(row['peak_mem_mb']) >= 0
+        assert row['mem_method'] in ('rss_hwm', 'ru_maxrss')
+
+    for width in ('96', '50'):
+        check_ok(by_key['torch', 'fp32', width])
+        skipped = by_key['torch', 'fp16', width]
+        assert skipped['status'] == 'skipped' and 'CUDA' in skipped['reason']
+        tensorrt = by_key['tensorrt', 'fp32', width]
+        assert tensorrt['status'] == 'skipped' and tensorrt['reason']
+        if onnxruntime_backend_ready():
+            check_ok(by_key['onnxruntime', 'fp32', width])
+        else:  # until the onnxruntime backend lands
+            assert by_key['onnxruntime', 'fp32', width]['status'] == 'skipped'
+
+    table = (out / 'bench.md').read_text()
+    assert '| torch | fp32 | cpu | 96x64 |' in table and 'skipped: torch backend: fp16' in table
+    assert '| Median (ms) | p90 (ms) | p99 (ms) |' in stdout
+    assert '`tokenmask bench --model' in table
+    png = (out / 'bench.png').read_bytes()
+    assert png.startswith(b'\x89PNG') and len(png) > 1000
+
+
+def test_bench_rejects_a_missing_model(tmp_path):
+    result = tokenmask('bench', '--model', str(tmp_path / 'nope.safetensors'))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f'tokenmask bench: error: model file not found: '
+                                     f'{tmp_path / "nope.safetensors"}')
+
+
+def test_cost_benchmark_times_the_segmenter_per_backend(tmp_path, capsys):
+    """training/benchmark.py --backends: the same measurement, one column group per backend."""
+    from training import benchmark
+
+    out = tmp_path / 'costs'
+    code = benchmark.main(['--backbones', 'tiny', '--heads', 'tokenmask', '--upsampling',
+                           'logit', '--strides', '16', '--img-size', '64', '--repeats', '1',
+                           '--warmup', '0', '--no-memory', '--backends', 'torch', 'tensorrt',
+                           '--frame-size', '80x60', '--out', str(out)])
+    assert code == 0, capsys.readouterr().err
+    with (out / 'costs.csv').open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 1
+    row = rows[0]
+    assert row['frame_size'] == '80x60' and row['torch_status'] == 'ok'
+    assert float(row['torch_ms_median']) > 0 and float(row['torch_fps']) > 0
+    assert row['tensorrt_status'].startswith('skipped: ') and row['tensorrt_ms_median'] == ''
+    table = (out / 'costs.md').read_text()
+    assert 'Segmenter torch (ms, median / p90)' in table and '| skipped |' in table
