@@ -199,7 +199,7 @@ def test_init_across_input_sizes_keeps_content_positions(tmp_path):
     assert result['step'] == 1
     from tokenmask_ros.model import load_config
     assert load_config(tmp_path / 'small/model.safetensors').img_size == (48, 64)
-    from training.train import fit_position_embedding
+    from tokenmask_ros.model.backbone import fit_position_embedding
     target = source_config.replace(img_size=(48, 64))
     fitted = fit_position_embedding(source.state_dict(), source_config, target)
     torch.testing.assert_close(fitted['backbone.pos_embed'][:, :1], embed[:, :1])

@@ -414,7 +414,96 @@ def _add_bench(subparsers) -> None:
     parser.set_defaults(func=cmd_bench)
 
 
-COMMANDS = (_add_synth, _add_import_eomt, _add_predict, _add_bench)
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a checkpoint to ONNX: uint8 image in, compact panoptic tensors out (DESIGN.md 3-4).
+
+    The graph has a fixed input size (the checkpoint's, or --size H W: the position
+    embedding is resampled), normalisation and the dense decoding inside, and the model
+    config in its metadata; --fp16 writes a strongly typed FP16 graph with FP32 islands.
+    """
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_file():
+        return _error('export', f'checkpoint not found: {checkpoint}', 2)
+    if args.size is not None and (min(args.size) < 16 or any(s % 16 for s in args.size)):
+        return _error('export', f'--size {args.size[0]} {args.size[1]}: height and width '
+                      'must be positive multiples of 16 (the patch size)', 2)
+    from tokenmask_ros.model import CheckpointError, build_model, load_checkpoint
+    from tokenmask_ros.model.backbone import fit_position_embedding
+    from tokenmask_ros.runtime.export import ExportError, export_onnx
+
+    try:
+        model = load_checkpoint(checkpoint)
+        if args.size is not None and tuple(args.size) != tuple(model.config.img_size):
+            config = model.config.replace(img_size=tuple(args.size))
+            state = fit_position_embedding(model.state_dict(), model.config, config, crop=False)
+            model = build_model(config)
+            model.load_state_dict(state)
+        path = export_onnx(model.eval(), args.output, fp16=args.fp16, opset=args.opset)
+    except (CheckpointError, ExportError, ValueError, OSError) as error:
+        return _error('export', error, 1)
+    height, width = model.config.img_size
+    print(f'exported {checkpoint.name} ({"fp16" if args.fp16 else "fp32"}, input {width}x'
+          f'{height}, opset {args.opset}) to {path} ({path.stat().st_size / 2**20:.1f} MB)')
+    return 0
+
+
+def _add_export(subparsers) -> None:
+    parser = subparsers.add_parser('export', help='export a checkpoint to ONNX',
+                                   description=cmd_export.__doc__)
+    parser.add_argument('checkpoint', metavar='CKPT', help='TokenMask checkpoint (.safetensors)')
+    parser.add_argument('-o', '--output', required=True, metavar='OUT',
+                        help='ONNX file to write (replaced atomically if it exists)')
+    parser.add_argument('--fp16', action='store_true',
+                        help='strongly typed FP16 graph (for TensorRT / GPUs)')
+    parser.add_argument('--size', type=int, nargs=2, metavar=('H', 'W'),
+                        help="network input height and width (default: the checkpoint's)")
+    parser.add_argument('--opset', type=int, default=18, choices=(18, 19, 20),
+                        help='ONNX opset (default 18; TensorRT parses 18-20)')
+    parser.set_defaults(func=cmd_export)
+
+
+def cmd_build_engine(args: argparse.Namespace) -> int:
+    """Build (or find in the cache) the TensorRT engine for a model on this GPU.
+
+    Engines only run on the TensorRT version and GPU that built them, so this is done on the
+    target (e.g. the Jetson) once; the node and the other commands then load it from the
+    cache in seconds.
+    """
+    from tokenmask_ros.runtime.backends import BackendUnavailable, create_backend
+
+    if not Path(args.model).is_file():
+        return _error('build-engine', f'model file not found: {args.model}', 2)
+    try:
+        backend = create_backend('tensorrt', args.model, device=args.device,
+                                 precision=args.precision, cache_dir=args.cache_dir,
+                                 force_engine_update=args.force)
+    except BackendUnavailable as error:
+        return _error('build-engine', error, 1)
+    try:
+        state = 'built' if backend.built_engine else 'found in the cache'
+        print(f'{backend.describe()}: engine {state}: {backend.engine_path}')
+    finally:
+        backend.close()
+    return 0
+
+
+def _add_build_engine(subparsers) -> None:
+    parser = subparsers.add_parser('build-engine', help='build and cache the TensorRT engine',
+                                   description=cmd_build_engine.__doc__)
+    parser.add_argument('model', metavar='MODEL',
+                        help='TokenMask checkpoint (.safetensors) or exported .onnx file')
+    parser.add_argument('--device', default='cuda', help="CUDA device (default 'cuda')")
+    parser.add_argument('--precision', default='auto', choices=('auto', 'fp32', 'fp16'),
+                        help='auto = fp16 on CUDA')
+    parser.add_argument('--cache-dir', metavar='DIR',
+                        help="cache folder (default: the runtime's cache folder)")
+    parser.add_argument('--force', action='store_true',
+                        help='rebuild even when a valid cached engine exists')
+    parser.set_defaults(func=cmd_build_engine)
+
+
+COMMANDS = (_add_synth, _add_import_eomt, _add_predict, _add_bench, _add_export,
+            _add_build_engine)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -44,7 +44,10 @@ from tokenmask_ros.model import (  # noqa: E402
     load_config,
     save_checkpoint,
 )
-from tokenmask_ros.model.backbone import load_backbone_weights  # noqa: E402
+from tokenmask_ros.model.backbone import (  # noqa: E402
+    fit_position_embedding,
+    load_backbone_weights,
+)
 from training.annealing import annealing_windows, mask_probabilities  # noqa: E402
 from training.datasets import collate  # noqa: E402
 from training.datasets.transforms import TrainTransform  # noqa: E402
@@ -369,32 +372,6 @@ def check_init_config(path: str | Path, expected: TokenMaskConfig, option: str =
     if diffs:
         raise ValueError(f'{option} {path}: its model config does not match the training '
                          'config:\n  ' + '\n  '.join(d[:300] for d in diffs))
-
-
-def fit_position_embedding(state: dict[str, torch.Tensor], source: TokenMaskConfig,
-                           target: TokenMaskConfig) -> dict[str, torch.Tensor]:
-    """Adapt the backbone's position embedding of ``state`` from ``source``'s token grid to
-    ``target``'s, so ``--init`` can change the input size.
-
-    A grid that fits inside the old one keeps its top-left part: images are letterboxed to
-    the top-left corner, so those are exactly the positions that saw image content (a
-    320x240 scene in a 320x320 model fills the top 15 of 20 rows). A grid that does not fit
-    is resampled (bicubic, timm's ``resample_abs_pos_embed``).
-    """
-    from timm.layers import resample_abs_pos_embed
-
-    key = 'backbone.pos_embed'
-    old, new = source.grid_size, target.grid_size
-    if key not in state or old == new:
-        return state
-    embed = state[key]
-    prefix = embed.shape[1] - old[0] * old[1]
-    if new[0] <= old[0] and new[1] <= old[1]:
-        grid = embed[:, prefix:].reshape(1, *old, -1)[:, :new[0], :new[1]]
-        fitted = torch.cat((embed[:, :prefix], grid.reshape(1, new[0] * new[1], -1)), dim=1)
-    else:
-        fitted = resample_abs_pos_embed(embed, list(new), list(old), num_prefix_tokens=prefix)
-    return {**state, key: fitted.contiguous()}
 
 
 class MetricLog:

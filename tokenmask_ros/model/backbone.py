@@ -48,6 +48,34 @@ def load_backbone_weights(backbone: VisionTransformer, path: str | Path) -> None
                          f'missing {missing[:5]}, unexpected {unexpected[:5]}')
 
 
+def fit_position_embedding(state: dict[str, torch.Tensor], source: TokenMaskConfig,
+                           target: TokenMaskConfig, crop: bool = True
+                           ) -> dict[str, torch.Tensor]:
+    """Adapt the backbone position embedding in a TokenMask ``state`` dict from ``source``'s
+    token grid to ``target``'s (another input size, same model otherwise).
+
+    With ``crop`` (training's ``--init``), a grid that fits inside the old one keeps its
+    top-left part: images are letterboxed to the top-left corner, so those are exactly the
+    positions that saw image content (a 320x240 scene in a 320x320 model fills the top 15 of
+    20 rows). Otherwise the grid is resampled (bicubic, timm's ``resample_abs_pos_embed``),
+    as EoMT does for a new resolution.
+    """
+    from timm.layers import resample_abs_pos_embed
+
+    key = 'backbone.pos_embed'
+    old, new = source.grid_size, target.grid_size
+    if key not in state or old == new:
+        return state
+    embed = state[key]
+    prefix = embed.shape[1] - old[0] * old[1]
+    if crop and new[0] <= old[0] and new[1] <= old[1]:
+        grid = embed[:, prefix:].reshape(1, *old, -1)[:, :new[0], :new[1]]
+        fitted = torch.cat((embed[:, :prefix], grid.reshape(1, new[0] * new[1], -1)), dim=1)
+    else:
+        fitted = resample_abs_pos_embed(embed, list(new), list(old), num_prefix_tokens=prefix)
+    return {**state, key: fitted.contiguous()}
+
+
 @torch.no_grad()
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
