@@ -216,3 +216,11 @@ def test_stage2_recipe_loads():
     assert config.model['img_size'] == [240, 320]
     assert (config.data.width, config.data.height) == (320, 320 * 3 // 4)
     assert config.optim.mask_annealing is False
+
+
+def test_annealing_can_start_later():
+    assert annealing_windows(600, 4, 1 / 6, 5 / 6) == annealing_windows(600, 4)
+    late = annealing_windows(1000, 4, 0.5, 0.9)
+    assert late[0] == (500, 600) and late[-1] == (800, 900)
+    with pytest.raises(ValueError):
+        annealing_windows(100, 4, 0.9, 0.5)

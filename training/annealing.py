@@ -8,13 +8,24 @@ Windows last T/6 steps and start at T/6 ... 4T/6 (evenly spread over the L2 bloc
 from __future__ import annotations
 
 
-def annealing_windows(total_steps: int, num_blocks: int) -> list[tuple[int, int]]:
-    """``(start, end)`` step of each query block's window, first query block first."""
-    length = total_steps / 6
+def annealing_windows(total_steps: int, num_blocks: int, start: float = 1 / 6,
+                      end: float = 5 / 6) -> list[tuple[int, int]]:
+    """``(start, end)`` step of each query block's window, first query block first.
+
+    The windows cover the fraction ``[start, end]`` of training, each a quarter of that span
+    long, evenly staggered (EoMT's defaults give windows of T/6 starting at T/6 ... 4T/6). A
+    later ``start`` keeps masked attention, which focuses each query on its own mask and so
+    helps a from-scratch model learn classes, on for longer.
+    """
+    if not 0 <= start < end <= 1:
+        raise ValueError(f'need 0 <= start < end <= 1, got {start}, {end}')
+    span = (end - start) * total_steps
+    length = span / 4
     if num_blocks == 1:
-        starts = [length]
+        starts = [start * total_steps]
     else:
-        starts = [length + i * (3 * length) / (num_blocks - 1) for i in range(num_blocks)]
+        starts = [start * total_steps + i * (span - length) / (num_blocks - 1)
+                  for i in range(num_blocks)]
     return [(round(s), round(s + length)) for s in starts]
 
 

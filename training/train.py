@@ -100,6 +100,8 @@ class OptimConfig:
     grad_clip: float = 0.01        # max grad norm; <= 0 disables
     amp: str = 'fp16'              # fp16 | bf16 | none (CUDA only; CPU runs in fp32)
     mask_annealing: bool = True
+    mask_annealing_start: float = 1 / 6  # fraction of training where the first window opens
+    mask_annealing_end: float = 5 / 6    # ... and where the last one closes
     num_points: int = 12544
 
 
@@ -547,7 +549,8 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
             model, device_ids=[local_rank] if device.type == 'cuda' else None)
 
     criterion = MaskClassificationLoss(num_points=optim.num_points)
-    windows = annealing_windows(total, mconfig.num_query_blocks)
+    windows = annealing_windows(total, mconfig.num_query_blocks, optim.mask_annealing_start,
+                                optim.mask_annealing_end)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / 'config.yaml').write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,39 @@
+"""training/training_curve.py: PQ-versus-time points from the checkpoints of chained runs."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from training import training_curve  # noqa: E402
+from training.train import load_train_config, train  # noqa: E402
+
+TOY = ['model.preset=tiny', 'model.embed_dim=32', 'model.depth=2', 'model.num_heads=2',
+       'model.img_size=[48,64]', 'model.num_queries=4', 'model.num_query_blocks=1',
+       'data.count=8', 'data.width=64', 'data.height=48', 'data.num_workers=0',
+       'optim.batch_size=2', 'optim.num_points=64', 'optim.max_steps=2', 'checkpoint_every=1',
+       'optim.head_warmup=1', 'optim.backbone_warmup=1']
+
+
+def test_curve_chains_stages_and_their_clocks(tmp_path):
+    first = tmp_path / 'first'
+    train(load_train_config(None, TOY), first, progress=False)
+    second = tmp_path / 'second'
+    train(load_train_config(None, TOY), second, progress=False,
+          init=str(first / 'checkpoints/step_000001/model.safetensors'))
+    out = tmp_path / 'curve'
+    assert training_curve.main([f'{first}:1', str(second), '--images', '1',
+                                '--out', str(out)]) == 0
+    with out.with_suffix('.csv').open() as file:
+        rows = list(csv.DictReader(file))
+    # Stage 1 cut at step 1, then stage 2's steps 1 and 2 (its final weights are step 2).
+    assert [(int(r['stage']), int(r['step']), int(r['global_step'])) for r in rows] == \
+        [(0, 1, 1), (1, 1, 2), (1, 2, 3)]
+    hours = [float(r['hours']) for r in rows]
+    assert hours == sorted(hours) and hours[1] > hours[0]
+    assert all(0 <= float(r['pq']) <= 100 for r in rows)
+    assert out.with_suffix('.png').stat().st_size > 1000

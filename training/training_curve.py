@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""PQ against training time from the checkpoints of one or more runs (stages in order).
+
+    python training/training_curve.py runs/stage1 runs/stage2:900 runs/stage3 \\
+        --images 50 --out models/tokenmask_vit_tiny_synthetic_curve
+
+Each run folder's ``checkpoints/step_N/model.safetensors`` is evaluated on ``--images``
+fresh synthetic validation scenes (training/evaluate.py's inference and metrics). Its time
+is the run's ``elapsed_s`` at that step (metrics.csv), or, for runs logged before that
+column existed, the checkpoint's modification time minus the run's start (``config.yaml``).
+``RUN:STEP`` ends a stage at the checkpoint the next stage was initialised from; later
+stages start the clock where it stopped. Writes ``<out>.csv`` and ``<out>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # `python training/training_curve.py` from a checkout
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tqdm import tqdm  # noqa: E402
+
+
+def parse_stage(text: str) -> tuple[Path, int | None]:
+    path, _, last = text.partition(':')
+    return Path(path), int(last) if last else None
+
+
+def checkpoint_times(run: Path, last: int | None) -> list[tuple[int, float, Path]]:
+    """``(step, seconds since the run started, weights)`` of each kept checkpoint."""
+    elapsed: dict[int, float] = {}
+    metrics = run / 'metrics.csv'
+    if metrics.is_file():
+        with metrics.open(newline='') as file:
+            for row in csv.DictReader(file):
+                if row.get('elapsed_s'):
+                    elapsed[int(row['step'])] = float(row['elapsed_s'])
+    start = (run / 'config.yaml').stat().st_mtime
+    points = []
+    for folder in sorted((run / 'checkpoints').glob('step_*')):
+        step = int(folder.name.split('_')[1])
+        weights = folder / 'model.safetensors'
+        if not weights.is_file() or (last is not None and step > last):
+            continue
+        seconds = elapsed.get(step, weights.stat().st_mtime - start)
+        points.append((step, seconds, weights))
+    if not points:
+        raise SystemExit(f'error: no checkpoints in {run / "checkpoints"}')
+    return points
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('stages', nargs='+', metavar='RUN[:STEP]',
+                        help='run folders in training order (optionally cut at STEP)')
+    parser.add_argument('--images', type=int, default=50, help='validation scenes per point')
+    parser.add_argument('--seed', type=int, default=12345, help='validation seed')
+    parser.add_argument('--out', required=True, help='output path without extension')
+    args = parser.parse_args(argv)
+
+    from tokenmask_ros.model import load_checkpoint
+    from training import evaluate
+
+    rows, offset, total_steps = [], 0.0, 0
+    plan = []
+    for index, text in enumerate(args.stages):
+        run, last = parse_stage(text)
+        points = checkpoint_times(run, last)
+        plan += [(index, run, step, offset + seconds, total_steps + step, weights)
+                 for step, seconds, weights in points]
+        offset += points[-1][1]
+        total_steps += points[-1][0]
+    datasets = {}
+    for stage, run, step, seconds, global_step, weights in tqdm(plan, desc='checkpoints'):
+        model = load_checkpoint(weights).eval()
+        size = tuple(model.config.img_size)
+        if size not in datasets:
+            datasets[size] = evaluate.synthetic_dataset(args.images, args.seed, size)
+        dataset, classes = datasets[size]
+        metrics = evaluate.EvalMetrics(classes)
+        is_thing = [c.is_thing for c in classes]
+        for i in range(len(dataset)):
+            image, target = dataset[i]
+            metrics.update(evaluate.predict(model, [image], is_thing)[0], target)
+        result = metrics.compute()
+        rows.append({'stage': stage, 'run': str(run), 'step': step, 'global_step': global_step,
+                     'hours': round(seconds / 3600, 4),
+                     **{k: round(result[k], 2) for k in ('pq', 'pq_things', 'pq_stuff',
+                                                         'miou')}})
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.with_suffix('.csv').open('w', newline='') as file:
+        writer = csv.DictWriter(file, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(out.with_suffix('.png'), rows, args.images)
+    for row in rows:
+        print(row)
+    return 0
+
+
+def plot(path: Path, rows: list[dict], images: int) -> None:
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    hours = [r['hours'] for r in rows]
+    for key, label in (('pq', 'PQ'), ('pq_things', 'PQ things'), ('pq_stuff', 'PQ stuff'),
+                       ('miou', 'mIoU')):
+        axis.plot(hours, [r[key] for r in rows], marker='o', markersize=3, label=label)
+    for stage in sorted({r['stage'] for r in rows})[1:]:
+        first = next(r for r in rows if r['stage'] == stage)
+        axis.axvline(first['hours'], color='grey', linestyle=':', linewidth=1)
+    axis.set_xlabel('training time (hours, 2-core CPU)')
+    axis.set_ylabel(f'% on {images} synthetic val scenes')
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
