@@ -35,4 +35,15 @@ def test_ablation_runs_every_variant_on_the_same_budget(tmp_path):
     table = (tmp_path / 'ablation.md').read_text()
     assert all(f'| {v} |' in table for v in variants)
     assert (tmp_path / 'ablation.png').stat().st_size > 1000
-    assert (tmp_path / 'tokenmask_logit_s4' / 'model.safetensors').is_file()
+    weights = tmp_path / 'tokenmask_logit_s4' / 'model.safetensors'
+    assert weights.is_file()
+
+    # --reuse re-times the trained variants without training or evaluating them again.
+    before = weights.stat().st_mtime_ns
+    assert ablation.main(['--out', str(tmp_path), '--steps', '2', '--size', '64x48',
+                          '--queries', '4', '--repeats', '2', '--no-progress', '--reuse',
+                          '--variants', 'tokenmask/logit s4', '--set', *toy]) == 0
+    assert weights.stat().st_mtime_ns == before
+    with (tmp_path / 'ablation.csv').open() as file:
+        again = list(csv.DictReader(file))
+    assert again[0]['pq'] == rows[2]['pq']

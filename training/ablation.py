@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 import time
 from pathlib import Path
@@ -59,6 +60,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE',
                         help='extra train-config overrides for every variant, e.g. '
                              'model.depth=6 (section.key=value, YAML values)')
+    parser.add_argument('--reuse', action='store_true',
+                        help='keep variants already trained and evaluated in --out (their '
+                             'model.safetensors and metrics.json) and only re-time them, e.g. '
+                             'on a quiet machine')
     parser.add_argument('--no-progress', action='store_true')
     args = parser.parse_args(argv)
     if args.steps < 1 or args.val_images < 1 or args.repeats < 1:
@@ -107,11 +112,16 @@ def run_variant(name: str, args: argparse.Namespace, out: Path) -> dict:
 
     model = VARIANTS[name]
     run = out / name.replace('/', '_').replace(' ', '_')
-    started = time.monotonic()
-    train(train_config(args, model), run, progress=not args.no_progress)
-    train_s = time.monotonic() - started
-    checkpoint = run / 'model.safetensors'
-    metrics = evaluate_checkpoint(checkpoint, args)
+    checkpoint, saved = run / 'model.safetensors', run / 'ablation_metrics.json'
+    if args.reuse and checkpoint.is_file() and saved.is_file():
+        record = json.loads(saved.read_text())
+        metrics, train_s = record['metrics'], record['train_s']
+    else:
+        started = time.monotonic()
+        train(train_config(args, model), run, progress=not args.no_progress)
+        train_s = time.monotonic() - started
+        metrics = evaluate_checkpoint(checkpoint, args)
+        saved.write_text(json.dumps({'metrics': metrics, 'train_s': train_s}, indent=1))
     timing = bench_segmenter(checkpoint, 'torch', 'fp32', args.size, device='cpu',
                              warmup=3, repeats=args.repeats)
     if not timing.ok:
