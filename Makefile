@@ -19,9 +19,8 @@ lint: setup  ## ruff over the whole repository (the same check runs under colcon
 format: setup  ## let ruff fix what it can
 	@$(VENV)/bin/ruff check --fix .
 
-demo: setup  ## write synthetic scenes and their panoptic ground truth overlays to demo_output/
-	@$(VENV)/bin/python -m tokenmask_ros.cli synth demo_output --count 8 --preview
-	@echo "demo: images in demo_output/ (the segmentation demo arrives with the segment node)"
+demo: setup  ## synthetic camera -> segment_node -> overlays, video, latency table in demo_output/
+	@source scripts/ros_env.sh && $(VENV)/bin/python -m tokenmask_ros.ros.demo $(DEMO_ARGS)
 
 clean:  ## remove colcon build products
 	rm -rf build install log

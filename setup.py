@@ -27,6 +27,7 @@ setup(
     entry_points={
         'console_scripts': [
             'image_source = tokenmask_ros.ros.image_source:main',
+            'segment_node = tokenmask_ros.ros.segment_node:main',
             'tokenmask = tokenmask_ros.cli:main',
         ],
     },

@@ -55,7 +55,8 @@ def installed_executable(name: str) -> list[str]:
             return [str(script)]
     except (ImportError, LookupError):
         pass
-    modules = {'image_source': 'tokenmask_ros.ros.image_source', 'tokenmask': 'tokenmask_ros.cli'}
+    modules = {'image_source': 'tokenmask_ros.ros.image_source',
+               'segment_node': 'tokenmask_ros.ros.segment_node', 'tokenmask': 'tokenmask_ros.cli'}
     if os.environ.get('TOKENMASK_REQUIRE_INSTALLED'):
         pytest.fail(f'console script {name} is not installed (colcon build first)')
     return [sys.executable, '-m', modules[name]]

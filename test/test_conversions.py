@@ -12,7 +12,9 @@ from tokenmask_ros.ros.conversions import (  # noqa: E402
     ENCODINGS,
     ImageConversionError,
     compressed_to_numpy,
+    compressed_to_rgb8,
     image_to_numpy,
+    image_to_rgb8,
     numpy_to_compressed,
     numpy_to_image,
 )
@@ -221,3 +223,44 @@ def test_jpeg_refuses_16_bit_and_unknown_formats():
         numpy_to_compressed(random_pixels('mono16'), 'mono16', 'jpeg')
     with pytest.raises(ImageConversionError, match='unsupported compression format'):
         numpy_to_compressed(random_pixels('rgb8'), 'rgb8', 'gif')
+
+
+# --- RGB for the segmentation model ---------------------------------------------------
+
+def test_every_picture_encoding_becomes_the_expected_rgb8():
+    rgb = random_pixels('rgb8', 6, 9)
+    gray = random_pixels('mono8', 6, 9)
+    alpha = np.full((6, 9, 1), 77, np.uint8)
+    cases = {
+        'rgb8': (rgb, rgb), 'bgr8': (rgb[..., ::-1], rgb), '8UC3': (rgb[..., ::-1], rgb),
+        'rgba8': (np.dstack([rgb, alpha]), rgb), 'bgra8': (np.dstack([rgb[..., ::-1], alpha]), rgb),
+        'mono8': (gray, np.dstack([gray] * 3)), '8UC1': (gray, np.dstack([gray] * 3)),
+        # 16 bit: full range scaled to 8 bit (x * 255 / 65535), as cv_bridge does.
+        'mono16': (gray.astype(np.uint16) * 257, np.dstack([gray] * 3)),
+        'rgb16': (rgb.astype(np.uint16) * 257, rgb),
+        'bgr16': (rgb[..., ::-1].astype(np.uint16) * 257, rgb),
+    }
+    for encoding, (pixels, expected) in cases.items():
+        for step_padding in (0, 6):
+            step = pixels.shape[1] * ENCODINGS[encoding].pixel_bytes + step_padding
+            out = image_to_rgb8(raw_message(pixels, encoding, step))
+            assert out.dtype == np.uint8 and out.shape == (6, 9, 3), encoding
+            np.testing.assert_array_equal(out, expected, err_msg=encoding)
+
+
+@pytest.mark.parametrize('encoding', ['32FC1', '64FC1', '16SC1', '32SC1'])
+def test_depth_and_label_encodings_are_refused_before_the_data_is_read(encoding):
+    msg = sensor_msgs.Image(encoding=encoding, width=4, height=4, step=1, data=b'')
+    with pytest.raises(ImageConversionError, match=f"'{encoding}' images cannot be segmented"):
+        image_to_rgb8(msg)
+
+
+def test_compressed_frames_become_rgb8_and_depth_payloads_are_refused():
+    rgb = smooth_rgb()
+    np.testing.assert_array_equal(compressed_to_rgb8(numpy_to_compressed(rgb, 'rgb8', 'png')),
+                                  rgb)
+    gray = numpy_to_compressed(rgb[..., 0].copy(), 'mono8', 'png')
+    np.testing.assert_array_equal(compressed_to_rgb8(gray), np.dstack([rgb[..., 0]] * 3))
+    depth = sensor_msgs.CompressedImage(format='16UC1; compressedDepth png', data=b'\0' * 20)
+    with pytest.raises(ImageConversionError, match='depth map'):
+        compressed_to_rgb8(depth)

@@ -1,8 +1,10 @@
-"""training/evaluate.py: metrics, COCO-panoptic prediction files, grid plot, clear errors."""
+"""training/evaluate.py: metrics (PQ, mask AP, mIoU), padded and sliding-window inference,
+COCO-panoptic prediction files, ADE20K semantic evaluation, grid plot, clear errors."""
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 import torch
 
 from tokenmask_ros.model import ClassInfo, TokenMaskConfig, build_model, save_checkpoint
-from tokenmask_ros.model.postprocess import Prediction
+from tokenmask_ros.model.postprocess import Instances, Prediction, semantic_scores
 from tokenmask_ros.synthetic import SYNTHETIC_CLASSES
 from training import evaluate as ev
 from training.datasets.coco_panoptic import CocoPanoptic, rgb2id
@@ -26,10 +28,10 @@ SCRIPT = REPO_ROOT / 'training' / 'evaluate.py'
 SYNTHETIC_INFO = tuple(ClassInfo(c.name, c.is_thing, tuple(c.color)) for c in SYNTHETIC_CLASSES)
 
 
-def tiny_config(classes=SYNTHETIC_INFO) -> TokenMaskConfig:
+def tiny_config(classes=SYNTHETIC_INFO, num_classes=None) -> TokenMaskConfig:
     return TokenMaskConfig(backbone='vit_tiny_patch16_224', img_size=64, embed_dim=32, depth=2,
                            num_heads=2, num_queries=10, num_query_blocks=1,
-                           num_classes=len(classes), classes=classes)
+                           num_classes=num_classes or len(classes), classes=classes)
 
 
 @pytest.fixture(scope='module')
@@ -51,7 +53,8 @@ def test_help_documents_every_flag(capsys):
     text = capsys.readouterr().out
     for flag in ('--checkpoint', '--synthetic', '--seed', '--size', '--coco-panoptic', '--out',
                  '--plot', '--score-threshold', '--overlap-threshold', '--batch-size',
-                 '--device'):
+                 '--device', '--ade20k-semantic', '--semantic-mode', '--instance',
+                 '--no-instance'):
         assert flag in text
 
 
@@ -60,19 +63,27 @@ def test_synthetic_run_writes_metrics_predictions_and_grid(checkpoint, tmp_path)
     # A low score threshold so the random model keeps some segments to write out.
     result = run_script('--checkpoint', str(checkpoint), '--synthetic', '3', '--plot', '2',
                         '--out', str(out), '--score-threshold', '0.0', '--batch-size', '2',
-                        '--size', '80x48')
+                        '--size', '80x48', '--instance', '--semantic-mode', 'sliding')
     assert result.returncode == 0, result.stderr
-    assert 'PQ' in result.stdout and 'mIoU' in result.stdout
+    assert all(name in result.stdout for name in ('PQ', 'mIoU', 'AP50'))
 
     metrics = json.loads((out / 'metrics.json').read_text())
     for key in ('pq', 'sq', 'rq', 'pq_things', 'sq_things', 'rq_things', 'pq_stuff',
                 'sq_stuff', 'rq_stuff', 'miou', 'pixel_accuracy'):
         assert 0.0 <= metrics[key] <= 100.0, key
+    for key in ('ap', 'ap50', 'ap75', 'ap_small', 'ap_medium', 'ap_large'):
+        assert metrics[key] == -1.0 or 0.0 <= metrics[key] <= 100.0, key  # -1: none to average
+    assert metrics['config']['instance'] and metrics['config']['instance_top_k'] == 100
+    assert metrics['config']['semantic_mode'] == 'sliding'
     assert metrics['num_images'] == 3
     assert list(metrics['per_class']) == [c.name for c in SYNTHETIC_CLASSES]
     for entry in metrics['per_class'].values():
         assert 0.0 <= entry['pq'] <= 100.0
         assert entry['iou'] is None or 0.0 <= entry['iou'] <= 100.0
+        if entry['is_thing']:
+            assert entry['ap'] == -1.0 or 0.0 <= entry['ap'] <= 100.0
+        else:
+            assert 'ap' not in entry  # mask AP is over thing classes only
 
     predictions = json.loads((out / 'predictions.json').read_text())
     assert [c['id'] for c in predictions['categories']] == [c.id + 1 for c in SYNTHETIC_CLASSES]
@@ -94,20 +105,26 @@ def test_synthetic_run_writes_metrics_predictions_and_grid(checkpoint, tmp_path)
 def test_oracle_predictions_score_100(tmp_path):
     classes = ev.synthetic_dataset(4, seed=3, size=(48, 64))[1]
     dataset = SyntheticPanoptic(4, width=64, height=48, seed=3, split='val')
-    metrics = ev.EvalMetrics(classes)
+    metrics = ev.EvalMetrics(classes, instance=True)
     flags = [c.is_thing for c in classes]
     annotations = []
     for index in range(len(dataset)):
         _, target = dataset[index]
         oracle = Prediction(target_panoptic(target, flags).numpy(),
                             masks_to_semantic(target['masks'], target['labels']).numpy())
+        things = torch.as_tensor(flags)[target['labels']] & ~target['is_crowd']
+        count = int(things.sum())
+        oracle.instances = Instances(target['masks'][things].as_subclass(torch.Tensor),
+                                     torch.ones(count), target['labels'][things],
+                                     torch.arange(count))
         metrics.update(oracle, target)
         annotations.append(ev.coco_annotation(oracle, classes, index, target['file_name'],
                                               tmp_path / 'panoptic'))
     result = metrics.compute()
-    for key in ('pq', 'sq', 'rq', 'pq_things', 'pq_stuff', 'miou'):
+    for key in ('pq', 'sq', 'rq', 'pq_things', 'pq_stuff', 'miou', 'ap', 'ap50', 'ap75'):
         assert result[key] == pytest.approx(100.0), key
-    assert 'PQ' in ev.format_table(result)
+    assert {c['ap'] for c in result['per_class'].values() if c['is_thing']} <= {100.0, -1.0}
+    assert 'PQ' in ev.format_table(result) and 'AP75' in ev.format_table(result)
 
     # The written oracle predictions are a COCO-panoptic dataset equal to the ground truth.
     (tmp_path / 'images').mkdir()
@@ -140,6 +157,126 @@ def test_predict_decodes_at_original_resolution(checkpoint):
     tensor, letterbox = ev.preprocess(images[0], (64, 64))
     assert tensor.shape == (3, 64, 64) and letterbox.content_size == (28, 64)
     assert float(tensor[:, 28:].abs().max()) == 0.0  # padding at the bottom
+
+
+def test_semantic_windows_follow_eomt_layout():
+    # A 320x240 (W x H) image, 320 input: the shorter side is scaled to 320, the longer to
+    # 427, and two 320-wide windows share the 213-pixel overlap.
+    assert ev.semantic_windows((240, 320), (320, 320)) == ((320, 427), [(0, 0), (0, 107)])
+    assert ev.semantic_windows((64, 128), (64, 64)) == ((64, 128), [(0, 0), (0, 64)])
+    assert ev.semantic_windows((100, 50), (64, 64)) == ((128, 64), [(0, 0), (64, 0)])
+    assert ev.semantic_windows((32, 32), (64, 64)) == ((64, 64), [(0, 0)])
+    for length in range(64, 4 * 64 + 1):  # EoMT's float formula, every pixel covered
+        resized, corners = ev.semantic_windows((64, length), (64, 64))
+        count = math.ceil(length / 64)
+        step = 64 - (count * 64 - length) / (count - 1) if count > 1 else 0
+        assert resized == (64, length)
+        assert [left for _, left in corners] == [int(j * step) for j in range(count)]
+        covered = np.zeros(length, int)
+        for _, left in corners:
+            covered[left:left + 64] += 1
+        assert covered.min() >= 1 and corners[-1][1] + 64 == length
+
+
+def test_sliding_window_on_a_fitting_square_image_equals_padded_inference(checkpoint):
+    model = ev.load_checkpoint(checkpoint).eval()
+    torch.manual_seed(1)
+    image = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
+    scores = ev.sliding_window_semantic(model, image)
+    padded = ev.predict(model, [image], [c.is_thing for c in SYNTHETIC_INFO])[0]
+    with torch.inference_mode():
+        output = model(ev.preprocess(image, (64, 64))[0][None])
+        expected = semantic_scores(output.class_logits, output.mask_logits, (64, 64))[0]
+    torch.testing.assert_close(scores, expected)
+    np.testing.assert_array_equal(scores.argmax(0).numpy(), padded.semantic_argmax)
+    sliding = ev.predict(model, [image], [c.is_thing for c in SYNTHETIC_INFO],
+                         semantic_mode='sliding')[0]
+    np.testing.assert_array_equal(sliding.semantic_argmax, padded.semantic_argmax)
+
+
+def test_sliding_window_averages_overlapping_windows(checkpoint):
+    model = ev.load_checkpoint(checkpoint).eval()
+    torch.manual_seed(2)
+    image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8)  # windows at x = 0 and 32
+    scores = ev.sliding_window_semantic(model, image)
+    with torch.inference_mode():
+        crops = torch.stack([image[..., :64], image[..., 32:]]).float() / 255.0
+        output = model(crops)
+        left, right = semantic_scores(output.class_logits, output.mask_logits, (64, 64))
+    assert scores.shape == (len(SYNTHETIC_INFO), 64, 96)
+    torch.testing.assert_close(scores[..., :32], left[..., :32])
+    torch.testing.assert_close(scores[..., 32:64], (left[..., 32:] + right[..., :32]) / 2)
+    torch.testing.assert_close(scores[..., 64:], right[..., 32:])
+    # Resized images come back at their own size, every pixel scored.
+    wide = ev.sliding_window_semantic(model, torch.randint(0, 256, (3, 30, 70),
+                                                           dtype=torch.uint8))
+    assert wide.shape == (len(SYNTHETIC_INFO), 30, 70) and bool(torch.isfinite(wide).all())
+
+
+@pytest.fixture()
+def ade_root(tmp_path) -> Path:
+    """A tiny ADEChallengeData2016: two validation images (wide, tall), labels 0 = ignore,
+    classes 1..3, and one training image the evaluation must not read."""
+    root = tmp_path / 'ADEChallengeData2016'
+    rng = np.random.default_rng(0)
+    for split, name, (height, width) in (('validation', 'ADE_val_00000001', (40, 90)),
+                                         ('validation', 'ADE_val_00000002', (70, 50)),
+                                         ('training', 'ADE_train_00000001', (20, 20))):
+        (root / 'images' / split).mkdir(parents=True, exist_ok=True)
+        (root / 'annotations' / split).mkdir(parents=True, exist_ok=True)
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        labels = np.zeros((height, width), np.uint8)
+        labels[:, width // 3:] = 1
+        labels[height // 2:, : width // 2] = 3
+        labels[:3] = 0
+        cv2.imwrite(str(root / 'images' / split / f'{name}.jpg'), image)
+        cv2.imwrite(str(root / 'annotations' / split / f'{name}.png'), labels)
+    return root
+
+
+def test_ade20k_semantic_runs_end_to_end(ade_root, tmp_path, capsys):
+    torch.manual_seed(0)
+    path = save_checkpoint(build_model(tiny_config((), num_classes=150)),
+                           tmp_path / 'ade.safetensors')
+    out = tmp_path / 'eval'
+    code = ev.main(['--checkpoint', str(path), '--ade20k-semantic', str(ade_root),
+                    '--out', str(out), '--plot', '1', '--batch-size', '2'])
+    assert code == 0, capsys.readouterr().err
+    assert 'mIoU' in capsys.readouterr().out
+    metrics = json.loads((out / 'metrics.json').read_text())
+    assert 0.0 <= metrics['miou'] <= 100.0 and metrics['num_images'] == 2
+    assert 'pq' not in metrics and 'ap' not in metrics  # a semantic benchmark
+    assert metrics['config']['semantic_mode'] == 'sliding'
+    assert len(metrics['per_class']) == 150
+    for name, size in (('ADE_val_00000001', (40, 90)), ('ADE_val_00000002', (70, 50))):
+        png = cv2.imread(str(out / 'semantic' / f'{name}.png'), cv2.IMREAD_UNCHANGED)
+        assert png.shape == size and png.min() >= 1 and png.max() <= 150
+    assert cv2.imread(str(out / 'predictions_grid.png')) is not None
+    assert not (out / 'predictions.json').exists()
+
+    # Padded inference works too; --instance has nothing to measure on ADE20K.
+    code = ev.main(['--checkpoint', str(path), '--ade20k-semantic', str(ade_root),
+                    '--out', str(out), '--semantic-mode', 'padded'])
+    assert code == 0
+    assert json.loads((out / 'metrics.json').read_text())['config']['semantic_mode'] == 'padded'
+    capsys.readouterr()
+    assert ev.main(['--checkpoint', str(path), '--ade20k-semantic', str(ade_root),
+                    '--out', str(out), '--instance']) == 1
+    assert 'no thing classes' in capsys.readouterr().err
+
+
+def test_ade20k_ignored_pixels_do_not_count(ade_root):
+    dataset, classes = ev.ade20k_dataset(str(ade_root))
+    assert len(dataset) == 2 and len(classes) == 150
+    metrics = ev.EvalMetrics(classes, panoptic=False)
+    for index in range(len(dataset)):
+        _, target = dataset[index]
+        semantic = target['semantic'].numpy().astype(np.int64)
+        assert set(np.unique(semantic)) == {0, 2, 255}  # 0 -> ignore, 1..3 -> 0..2
+        metrics.update(np.where(semantic == 255, 1, semantic), target)  # wrong where ignored
+    result = metrics.compute()
+    assert result['miou'] == pytest.approx(100.0) and 'pq' not in result
+    assert 'mIoU' in ev.format_table(result)
 
 
 def test_missing_checkpoint_exits_1_with_one_line(tmp_path):

@@ -31,10 +31,11 @@ def test_installed_share_has_manifest_launch_and_config():
     except packages.PackageNotFoundError:
         pytest.skip('tokenmask_ros is not installed (colcon build first)')
     for relative in ('package.xml', 'config/image_source.yaml', 'launch/image_source.launch.py',
-                     'models/README.md'):
+                     'config/segment.yaml', 'config/segment.rviz', 'launch/segment.launch.py',
+                     'launch/two_cameras.launch.py', 'models/README.md'):
         assert (share / relative).is_file(), relative
     prefix = Path(packages.get_package_prefix('tokenmask_ros'))
-    for script in ('image_source', 'tokenmask'):
+    for script in ('image_source', 'segment_node', 'tokenmask'):
         assert (prefix / 'lib' / 'tokenmask_ros' / script).is_file(), script
 
 

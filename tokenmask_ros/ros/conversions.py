@@ -244,9 +244,15 @@ def compressed_to_numpy(msg, desired_encoding: str = 'bgr8') -> np.ndarray:
     ``passthrough`` returns what OpenCV decodes: ``bgr8``/``bgra8`` colour, ``mono8`` or
     16-bit grey. ``compressedDepth`` payloads (PNG behind a 12-byte header) are handled.
     """
+    pixels, encoding = decode_compressed(msg)
+    return convert_encoding(pixels, encoding, desired_encoding)
+
+
+def decode_compressed(msg) -> tuple[np.ndarray, str]:
+    """``(pixels, encoding)`` of what OpenCV decodes from a CompressedImage, unconverted."""
     fmt = str(msg.format)
     data = memoryview(msg.data).cast('B')
-    if 'compresseddepth' in fmt.lower().replace(' ', ''):
+    if _is_compressed_depth(fmt):
         data = data[_COMPRESSED_DEPTH_HEADER_BYTES:]
     if data.nbytes == 0:
         raise ImageConversionError(f'compressed image ({fmt!r}) has no data')
@@ -256,7 +262,11 @@ def compressed_to_numpy(msg, desired_encoding: str = 'bgr8') -> np.ndarray:
     if pixels is None:
         raise ImageConversionError(
             f'compressed image ({fmt!r}, {data.nbytes} bytes) could not be decoded')
-    return convert_encoding(pixels, _decoded_encoding(pixels, fmt), desired_encoding)
+    return pixels, _decoded_encoding(pixels, fmt)
+
+
+def _is_compressed_depth(fmt: str) -> bool:
+    return 'compresseddepth' in fmt.lower().replace(' ', '')
 
 
 def _decoded_encoding(pixels: np.ndarray, fmt: str) -> str:
@@ -307,3 +317,55 @@ def numpy_to_compressed(pixels: np.ndarray, encoding: str = 'bgr8', fmt: str = '
     msg.format = f'{encoding}; {fmt} compressed {coded_encoding}'
     msg.data = _to_byte_array(payload)
     return msg
+
+
+# --- RGB for a colour model ---------------------------------------------------------
+
+# Encodings that hold a picture a colour model can look at, and the 8-bit encoding each
+# becomes on the way to rgb8. Depth (32FC1, 64FC1, 16SC1) and label (32SC1) images are not
+# pictures: they are refused with a message saying so. 16UC1 is mono16 to cv_bridge.
+_PICTURE_ENCODINGS = {
+    'rgb8': 'rgb8', 'bgr8': 'bgr8', 'rgba8': 'rgba8', 'bgra8': 'bgra8', 'mono8': 'mono8',
+    '8UC1': 'mono8', '8UC3': 'bgr8', '8UC4': 'bgra8',
+    'rgb16': 'rgb8', 'bgr16': 'bgr8', 'mono16': 'mono8', '16UC1': 'mono8',
+    'yuv422': 'yuv422', 'uyvy': 'uyvy', 'yuv422_yuy2': 'yuv422_yuy2', 'yuyv': 'yuyv',
+}
+RGB_INPUT_ENCODINGS = tuple(_PICTURE_ENCODINGS)
+
+
+def check_rgb_input_encoding(encoding: str) -> None:
+    """Raise unless ``encoding`` is a known encoding that :func:`to_rgb8` can turn into RGB."""
+    encoding_layout(encoding)
+    if encoding not in _PICTURE_ENCODINGS:
+        raise ImageConversionError(
+            f'{encoding!r} images cannot be segmented: the model needs a colour or grey '
+            f'picture ({", ".join(RGB_INPUT_ENCODINGS)}), not depth or label data')
+
+
+def to_rgb8(pixels: np.ndarray, encoding: str) -> np.ndarray:
+    """Any picture encoding as an RGB ``(H, W, 3)`` uint8 array, in at most two OpenCV passes.
+
+    Grey becomes grey RGB, BGR is swapped, alpha is dropped, packed 4:2:2 is converted, and
+    16-bit data is scaled by 255/65535 (full range, as cv_bridge converts 16 to 8 bits).
+    ``rgb8`` input is returned as it is (possibly a read-only view).
+    """
+    check_rgb_input_encoding(encoding)
+    eight_bit = _PICTURE_ENCODINGS[encoding]
+    if ENCODINGS[encoding].dtype.itemsize == 2:
+        pixels = cv2.convertScaleAbs(pixels, alpha=255.0 / 65535.0)
+    return convert_encoding(pixels, eight_bit, 'rgb8')
+
+
+def image_to_rgb8(msg) -> np.ndarray:
+    """A sensor_msgs/Image as RGB uint8; the encoding is checked before the data is read."""
+    check_rgb_input_encoding(msg.encoding)
+    return to_rgb8(image_to_numpy(msg), msg.encoding)
+
+
+def compressed_to_rgb8(msg) -> np.ndarray:
+    """A sensor_msgs/CompressedImage (JPEG, PNG, ...) as RGB uint8; depth payloads refused."""
+    if _is_compressed_depth(str(msg.format)):
+        raise ImageConversionError(
+            f'compressed image ({str(msg.format)!r}) is a depth map and cannot be segmented')
+    pixels, encoding = decode_compressed(msg)
+    return to_rgb8(pixels, encoding)

@@ -1,0 +1,251 @@
+"""``make demo``: synthetic camera -> segment_node -> overlays, a video and a latency table.
+
+One process, one MultiThreadedExecutor, three nodes talking over real DDS topics:
+``image_source`` (synthetic scenes, the :class:`ImageSourceNode` class itself),
+``segment_node`` (:class:`SegmentNode`, the bundled model unless ``--model``) and a collector
+that subscribes to the overlay and the detections. After ``--frames`` frames it writes into
+``--output-dir``: ``overlay_NNNN.png`` per segmented frame, ``overlay.mp4`` (MJPG ``.avi``
+where OpenCV cannot write MP4), ``contact_sheet.png`` and ``summary.md``, and prints the
+summary table. End-to-end latency is header stamp (set by image_source when it publishes)
+to the moment the collector receives the frame's detections, on the same clock.
+
+    python -m tokenmask_ros.ros.demo --frames 60 --rate 5 --output-dir demo_output
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import rclpy
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+from vision_msgs.msg import Detection2DArray
+
+from tokenmask_ros.ros.conversions import image_to_numpy
+from tokenmask_ros.ros.image_source import ImageSourceNode
+from tokenmask_ros.ros.segment_node import SegmentNode, percentiles
+
+NAMESPACE = '/tokenmask_demo'
+
+
+class Collector(Node):
+    """Keeps every overlay and the arrival time of every detections message."""
+
+    def __init__(self):
+        super().__init__('demo_collector', namespace=NAMESPACE)
+        qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        self.overlays: dict[int, np.ndarray] = {}
+        self.arrivals: dict[int, tuple[int, int]] = {}  # stamp -> (received ns, segments)
+        self.create_subscription(Image, 'segment_node/overlay', self._on_overlay, qos)
+        self.create_subscription(Detection2DArray, 'segment_node/detections',
+                                 self._on_detections, qos)
+
+    @staticmethod
+    def stamp_ns(msg) -> int:
+        return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+
+    def _on_overlay(self, msg: Image) -> None:
+        self.overlays[self.stamp_ns(msg)] = image_to_numpy(msg).copy()
+
+    def _on_detections(self, msg: Detection2DArray) -> None:
+        now = self.get_clock().now().nanoseconds
+        self.arrivals[self.stamp_ns(msg)] = (now, len(msg.detections))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog='python -m tokenmask_ros.ros.demo', description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--frames', type=int, default=60, help='frames the camera publishes')
+    parser.add_argument('--rate', type=float, default=5.0, help='camera rate in Hz')
+    parser.add_argument('--size', default='320x240', help='synthetic frame WIDTHxHEIGHT')
+    parser.add_argument('--output-dir', default='demo_output', help='where results go')
+    parser.add_argument('--model', default='', help='model file ("" = the bundled model)')
+    parser.add_argument('--backend', default='auto',
+                        help='auto, tensorrt, onnxruntime or torch')
+    parser.add_argument('--score-threshold', type=float, default=None,
+                        help='segment score threshold (default: the node default, 0.8)')
+    parser.add_argument('--seed', type=int, default=0, help='synthetic scene seed')
+    parser.add_argument('--timeout', type=float, default=600.0,
+                        help='give up after this many seconds of streaming')
+    args = parser.parse_args(argv)
+    if args.frames < 1 or args.rate <= 0:
+        parser.error('--frames must be >= 1 and --rate > 0')
+    try:
+        args.width, args.height = (int(v) for v in args.size.lower().split('x'))
+    except ValueError:
+        parser.error(f'--size must be WIDTHxHEIGHT, got {args.size!r}')
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    rclpy.init()
+    executor = MultiThreadedExecutor(num_threads=3)
+    nodes = []
+    try:
+        segment_params = [Parameter('model', value=args.model),
+                          Parameter('backend', value=args.backend)]
+        if args.score_threshold is not None:
+            segment_params.append(Parameter('score_threshold', value=args.score_threshold))
+        try:
+            segment = SegmentNode(namespace=NAMESPACE, parameter_overrides=segment_params)
+        except (FileNotFoundError, ValueError, RuntimeError, ImportError) as error:
+            print(f'demo: cannot start segment_node: {error}', file=sys.stderr)
+            return 1
+        collector = Collector()
+        nodes += [segment, collector]
+        for node in nodes:
+            executor.add_node(node)
+        # The overlay is computed only while subscribed: match the collector first.
+        spin_until(executor, lambda: segment.overlay_pub.get_subscription_count() > 0, 10)
+        source = ImageSourceNode(namespace=NAMESPACE, parameter_overrides=[
+            Parameter('source', value='synthetic'), Parameter('rate', value=args.rate),
+            Parameter('count', value=args.frames), Parameter('width', value=args.width),
+            Parameter('height', value=args.height), Parameter('seed', value=args.seed),
+            Parameter('frame_id', value='demo_camera'),
+            Parameter('wait_for_subscribers', value=1)])
+        nodes.append(source)
+        executor.add_node(source)
+
+        start = time.monotonic()
+        quiet_since = [time.monotonic(), -1]
+
+        def finished() -> bool:
+            received = segment.stats.received
+            if received != quiet_since[1]:
+                quiet_since[:] = [time.monotonic(), received]
+            settled = time.monotonic() - quiet_since[0] > 1.0  # nothing in flight any more
+            return (source.done and segment.idle and settled
+                    and len(collector.arrivals) >= segment.stats.processed)
+
+        completed = spin_until(executor, finished, args.timeout)
+        wall = time.monotonic() - start
+        summary = summarize(args, source, segment, collector, wall, completed)
+        out = Path(args.output_dir)
+        files = write_outputs(out, collector, args.rate)
+        summary.append(('files', ', '.join(files)))
+        table = format_table(summary)
+        (out / 'summary.md').write_text(table + '\n')
+        print(table)
+        return 0 if completed and collector.arrivals else 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        executor.shutdown()
+        for node in reversed(nodes):
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def spin_until(executor, done, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done():
+            return True
+        executor.spin_once(timeout_sec=0.05)
+    return done()
+
+
+def summarize(args, source, segment, collector, wall: float, completed: bool) -> list:
+    stats = segment.stats
+    arrivals = sorted(collector.arrivals.items())
+    latency = [(received - stamp) / 1e6 for stamp, (received, _) in arrivals]
+    out = len(arrivals)
+    span = (arrivals[-1][1][0] - arrivals[0][1][0]) / 1e9 if out > 1 else 0.0
+    fps = (out - 1) / span if span > 0 else float('nan')
+    p50, p95, p99 = percentiles(latency)
+    segments = np.mean([n for _, (_, n) in arrivals]) if arrivals else 0.0
+    segmenter_ms = percentiles(list(stats.inference_ms), (50,))[0]  # the worker is idle now
+    rows = [
+        ('camera', f'synthetic {args.width}x{args.height} at {args.rate:g} Hz'),
+        ('frames published (in)', source.published),
+        ('frames received by segment_node', stats.received),
+        ('frames segmented (out)', out),
+        ('frames dropped (newest frame wins)', stats.dropped),
+        ('frames lost in transport', source.published - stats.received),
+        ('bad frames', stats.errors),
+        ('output FPS', f'{fps:.2f}'),
+        ('end-to-end latency p50 / p95 / p99 (ms)', f'{p50:.0f} / {p95:.0f} / {p99:.0f}'),
+        ('segmenter time p50 (ms)', f'{segmenter_ms:.0f}'),
+        ('segments per frame (mean)', f'{segments:.1f}'),
+        ('backend', segment.segmenter.backend.describe()),
+        ('model', segment.model_path.name),
+        ('score threshold', segment.params['score_threshold']),
+        ('streaming time (s)', f'{wall:.1f}' + ('' if completed else ' (timed out)')),
+    ]
+    return rows
+
+
+def format_table(rows) -> str:
+    width = max(len(str(name)) for name, _ in rows)
+    lines = [f'| {"":{width}} | value |', f'|{"-" * (width + 2)}|-------|']
+    lines += [f'| {name:{width}} | {value} |' for name, value in rows]
+    return '\n'.join(lines)
+
+
+def write_outputs(out: Path, collector: Collector, rate: float) -> list[str]:
+    """Overlay PNGs, a video and a contact sheet; returns the written names."""
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob('overlay_*.png'):
+        old.unlink()
+    frames = [collector.overlays[stamp] for stamp in sorted(collector.overlays)]
+    if not frames:
+        return []
+    bgr = [cv2.cvtColor(frame, cv2.COLOR_RGB2BGR) for frame in frames]
+    for index, image in enumerate(bgr):
+        cv2.imwrite(str(out / f'overlay_{index:04d}.png'), image)
+    video = write_video(out, bgr, rate)
+    sheet = contact_sheet(frames)
+    cv2.imwrite(str(out / 'contact_sheet.png'), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    return [f'{len(frames)} x overlay_NNNN.png', video.name, 'contact_sheet.png', 'summary.md']
+
+
+def write_video(out: Path, frames: list[np.ndarray], fps: float) -> Path:
+    """MP4 (mp4v) when this OpenCV build can write and read it back, else MJPG AVI."""
+    height, width = frames[0].shape[:2]
+    for fourcc, name in (('mp4v', 'overlay.mp4'), ('MJPG', 'overlay.avi')):
+        path = out / name
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps,
+                                 (width, height))
+        if not writer.isOpened():
+            continue
+        for frame in frames:
+            writer.write(frame)
+        writer.release()
+        capture = cv2.VideoCapture(str(path))
+        readable = capture.read()[0]
+        capture.release()
+        if readable:
+            return path
+        path.unlink(missing_ok=True)
+    raise OSError('OpenCV can write neither mp4v nor MJPG video here')
+
+
+def contact_sheet(frames: list[np.ndarray], count: int = 12, columns: int = 4) -> np.ndarray:
+    """Up to ``count`` frames, evenly spaced over the run, in a grid with their numbers."""
+    picks = np.unique(np.linspace(0, len(frames) - 1, min(count, len(frames))).round()
+                      ).astype(int)
+    height, width = frames[0].shape[:2]
+    rows = math.ceil(len(picks) / columns)
+    sheet = np.zeros((rows * height, min(columns, len(picks)) * width, 3), np.uint8)
+    for cell, index in enumerate(picks):
+        tile = frames[index].copy()
+        cv2.putText(tile, f'#{index}', (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255),
+                    2, cv2.LINE_AA)
+        row, column = divmod(cell, columns)
+        sheet[row * height:(row + 1) * height, column * width:(column + 1) * width] = tile
+    return sheet
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,554 @@
+"""``segment_node``: panoptic segmentation of a camera topic with a TokenMask model.
+
+Subscribes ``image`` (sensor_msgs/Image) or ``image/compressed`` (CompressedImage) and
+publishes, for every frame it segments, with the input's header and size:
+
+- ``~/panoptic`` (``32SC1``: ``class * label_divisor + instance``, void -1),
+- ``~/semantic`` (``mono8`` class ids, 255 void; ``mono16`` / 65535 beyond 255 classes),
+- ``~/overlay`` (``rgb8`` colour overlay, computed only while someone subscribes),
+- ``~/detections`` (vision_msgs/Detection2DArray, one Detection2D per segment),
+
+plus ``~/label_info`` (vision_msgs/LabelInfo, latched) and ``/diagnostics``.
+
+Newest frame wins: the subscription callback only puts the message into a one-frame slot
+(a frame still waiting there is dropped and counted); one worker thread converts,
+segments and publishes. A slow model therefore drops stale frames instead of building a
+backlog, and the executor stays free for parameters and diagnostics.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    SetParametersResult,
+)
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSPolicyKind, qos_policy_name_from_kind
+from sensor_msgs.msg import CompressedImage, Image
+from vision_msgs.msg import (
+    Detection2D,
+    Detection2DArray,
+    LabelInfo,
+    ObjectHypothesisWithPose,
+    VisionClass,
+)
+
+from tokenmask_ros import viz
+from tokenmask_ros.ros.conversions import (
+    ImageConversionError,
+    compressed_to_rgb8,
+    image_to_rgb8,
+    numpy_to_image,
+)
+from tokenmask_ros.ros.qos import RELIABILITY, make_qos
+
+TRANSPORTS = ('raw', 'compressed')
+OUTPUT_DEPTH = 5           # reliable outputs: a few frames of headroom for slow readers
+ERROR_LOG_PERIOD_S = 10.0  # one log line per cause of bad input in this period
+LATENCY_WINDOW = 200       # frames behind the latency percentiles in /diagnostics
+DIAGNOSTICS_PERIOD_S = 1.0
+
+
+def _unit_range() -> dict:
+    return {'floating_point_range': [FloatingPointRange(from_value=0.0, to_value=1.0)]}
+
+
+class Param(NamedTuple):
+    default: Any
+    description: str
+    dynamic: bool = False  # may change while the node runs
+    extra: dict = {}  # noqa: RUF012 (never mutated: descriptor keyword arguments)
+    read_only: bool = False
+
+
+# config/segment.yaml repeats these defaults; a test keeps the two in step.
+PARAMETERS: dict[str, Param] = {
+    'model': Param('', 'TokenMask checkpoint (.safetensors) or exported .onnx file; "" = the '
+                   'bundled model (restart the node to change)'),
+    'backend': Param('auto', 'auto, tensorrt, onnxruntime or torch; auto = the first of '
+                     'those that runs here (restart the node to change)'),
+    'device': Param('auto', 'auto, cpu, cuda or cuda:N (restart the node to change)'),
+    'precision': Param('auto', 'auto, fp32 or fp16; auto = fp16 on a GPU, fp32 on the CPU '
+                       '(restart the node to change)'),
+    'engine_cache_dir': Param('', 'folder for ONNX exports and TensorRT engines; "" = '
+                              '$TOKENMASK_CACHE_DIR or ~/.cache/tokenmask_ros'),
+    'force_engine_update': Param(False, 'rebuild the TensorRT engine even when a matching '
+                                 'one is cached'),
+    'input_transport': Param('raw', 'raw: sensor_msgs/Image on "image"; compressed: '
+                             'sensor_msgs/CompressedImage on "image/compressed"'),
+    'image_reliability': Param('best_effort', 'reliability of the image subscription: '
+                               'best_effort (sensor data, reaches every camera) or reliable'),
+    'score_threshold': Param(0.8, 'minimum class score of a segment (query)', True,
+                             _unit_range()),
+    'overlap_threshold': Param(0.8, 'minimum fraction of its mask a segment must keep after '
+                               'overlaps are resolved', True, _unit_range()),
+    'mask_threshold': Param(0.5, 'mask probability threshold; fixed at 0.5 by the exported '
+                            'graph (sigmoid >= 0.5), declared for visibility only',
+                            extra={'floating_point_range': [
+                                FloatingPointRange(from_value=0.5, to_value=0.5)]},
+                            read_only=True),
+    'label_divisor': Param(1000, 'panoptic id = class * label_divisor + instance; must '
+                           'exceed the number of queries', extra={'integer_range': [
+                               IntegerRange(from_value=1, to_value=2**31 - 1)]}),
+    'publish_overlay': Param(True, 'publish ~/overlay (computed only while subscribed)', True),
+    'overlay_alpha': Param(0.5, 'opacity of the colours in ~/overlay', True, _unit_range()),
+    'max_image_pixels': Param(16_777_216, 'larger input images are rejected (width * height)',
+                              True, {'integer_range': [
+                                  IntegerRange(from_value=4, to_value=2**30)]}),
+}
+RESTART_ONLY = frozenset(name for name, p in PARAMETERS.items()
+                         if not p.dynamic and not p.read_only)
+
+
+# --- plain helpers (no ROS) ----------------------------------------------------------
+
+class LatestFrameSlot:
+    """A one-frame mailbox between the subscription callback and the worker thread."""
+
+    def __init__(self):
+        self._condition = threading.Condition()
+        self._item = None
+        self._closed = False
+
+    def put(self, item) -> bool:
+        """Store ``item``; True when it replaced a frame that was never taken (a drop)."""
+        with self._condition:
+            replaced = self._item is not None
+            self._item = item
+            self._condition.notify()
+            return replaced
+
+    def take(self, timeout: float | None = None):
+        """The newest item (removing it); None once closed or after ``timeout``."""
+        with self._condition:
+            self._condition.wait_for(lambda: self._item is not None or self._closed, timeout)
+            if self._closed:
+                return None
+            item, self._item = self._item, None
+            return item
+
+    @property
+    def empty(self) -> bool:
+        with self._condition:
+            return self._item is None
+
+    def close(self) -> None:
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+
+
+class RateLimiter:
+    """Allows one event per key every ``period_s``; counts what it held back meanwhile."""
+
+    def __init__(self, period_s: float, clock=time.monotonic):
+        self.period_s = period_s
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def allow(self, key: str) -> tuple[bool, int]:
+        """``(allowed, events held back since the last allowed one)``."""
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.period_s:
+            self._held[key] = self._held.get(key, 0) + 1
+            return False, 0
+        self._last[key] = now
+        return True, self._held.pop(key, 0)
+
+
+def error_cause(error: Exception) -> str:
+    """The rate-limiting key of an error: its text with the numbers outside quotes taken out.
+
+    'step 10 is smaller ...' and 'step 12 is smaller ...' are one cause; "'32FC1' images"
+    and "'64FC1' images" are two.
+    """
+    text = re.sub(r"'[^']*'|[0-9]+",
+                  lambda m: m.group(0) if m.group(0).startswith("'") else '#', str(error))
+    return f'{type(error).__name__}: {text}'
+
+
+@dataclass
+class Stats:
+    """Counters and recent timings shared by the callback, the worker and diagnostics."""
+
+    received: int = 0
+    processed: int = 0
+    dropped: int = 0
+    errors: int = 0
+    last_error: str = ''
+    latency_ms: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    inference_ms: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+
+
+def percentiles(values, qs=(50, 95, 99)) -> list[float]:
+    if not values:
+        return [float('nan')] * len(qs)
+    return [float(v) for v in np.percentile(np.asarray(values, np.float64), qs)]
+
+
+def detections_message(prediction, header) -> Detection2DArray:
+    """One Detection2D per segment; bbox centre and size in pixels, pixel i spans [i, i+1)."""
+    out = Detection2DArray(header=header)
+    for segment in prediction.segments:
+        x, y, w, h = segment.bbox
+        detection = Detection2D(header=header, id=str(segment.id))
+        detection.bbox.center.position.x = x + w / 2.0
+        detection.bbox.center.position.y = y + h / 2.0
+        detection.bbox.size_x, detection.bbox.size_y = float(w), float(h)
+        hypothesis = ObjectHypothesisWithPose()
+        hypothesis.hypothesis.class_id = str(segment.class_id)
+        hypothesis.hypothesis.score = float(segment.score)
+        detection.results.append(hypothesis)
+        out.detections.append(detection)
+    return out
+
+
+# --- the node ------------------------------------------------------------------------
+
+class SegmentNode(Node):
+    """Camera frames in, panoptic segmentation out; see the module docstring."""
+
+    def __init__(self, node_name: str = 'segment_node', **kwargs):
+        super().__init__(node_name, **kwargs)
+        self.stats = Stats()
+        self._lock = threading.Lock()
+        self._busy = False
+        self._slot = LatestFrameSlot()
+        self._error_log = RateLimiter(ERROR_LOG_PERIOD_S)
+        self._closing = False
+        try:
+            self._start()
+        except BaseException:
+            self.destroy_node()  # frees a loaded model before the error propagates
+            raise
+
+    def _start(self) -> None:
+        for name, param in PARAMETERS.items():
+            self.declare_parameter(name, param.default, ParameterDescriptor(
+                description=param.description, read_only=param.read_only, **param.extra))
+        p = {name: self.get_parameter(name).value for name in PARAMETERS}
+        self._check(p)
+        self.params = p
+        self.segmenter = self._load_segmenter(p)
+        config = self.segmenter.config
+        self.class_colors = viz.class_colors(config.classes, config.num_classes)
+        self.class_names = (self.segmenter.class_names
+                            or [f'class_{i}' for i in range(config.num_classes)])
+        if config.num_classes * p['label_divisor'] >= 2**31:
+            raise ValueError(f'label_divisor {p["label_divisor"]} x {config.num_classes} '
+                             'classes overflows the int32 panoptic ids')
+
+        # Outputs: reliable (what rviz, ros2_benchmark and launch_testing subscribe with).
+        out_qos = make_qos('reliable', OUTPUT_DEPTH)
+        publish = self._create_output_publisher
+        self.panoptic_pub = publish(Image, '~/panoptic', out_qos)
+        self.semantic_pub = publish(Image, '~/semantic', out_qos)
+        self.overlay_pub = publish(Image, '~/overlay', out_qos)
+        self.detections_pub = publish(Detection2DArray, '~/detections', out_qos)
+        self.label_info_pub = publish(LabelInfo, '~/label_info',
+                                      make_qos('reliable', 1, transient_local=True))
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+
+        compressed = p['input_transport'] == 'compressed'
+        self.image_type = CompressedImage if compressed else Image
+        self.subscription = self.create_subscription(
+            self.image_type, 'image/compressed' if compressed else 'image', self._on_image,
+            make_qos(p['image_reliability'], 1),
+            callback_group=MutuallyExclusiveCallbackGroup(),
+            event_callbacks=SubscriptionEventCallbacks(
+                incompatible_qos=self._on_incompatible_publisher))
+        self.input_topic = self.subscription.topic_name
+
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._publish_label_info()
+        self._last_report = (time.monotonic(), 0, 0, 0)
+        self.diagnostics_timer = self.create_timer(
+            DIAGNOSTICS_PERIOD_S, self._publish_diagnostics,
+            callback_group=MutuallyExclusiveCallbackGroup())
+        self._worker = threading.Thread(target=self._work, name='segment_worker', daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f'ready: {self.segmenter.backend.describe()}, model {self.model_path.name} '
+            f'({config.num_classes} classes, input {self.segmenter.input_size[1]}x'
+            f'{self.segmenter.input_size[0]}); segmenting {self.input_topic} '
+            f'({p["input_transport"]}, {p["image_reliability"]})')
+
+    # --- set-up ------------------------------------------------------------------------
+
+    @staticmethod
+    def _check(p: dict) -> None:
+        from tokenmask_ros.runtime.backends import BACKENDS, PRECISIONS
+
+        for name, allowed in (('backend', ('auto', *BACKENDS)), ('precision', PRECISIONS),
+                              ('input_transport', TRANSPORTS),
+                              ('image_reliability', tuple(RELIABILITY))):
+            if p[name] not in allowed:
+                raise ValueError(f'{name} must be one of {", ".join(allowed)}; '
+                                 f'got {p[name]!r}')
+
+    def _load_segmenter(self, p: dict):
+        from tokenmask_ros.bundled import default_model_path
+        from tokenmask_ros.runtime import Segmenter
+
+        self.model_path = Path(p['model']).expanduser() if p['model'] else default_model_path()
+        self.get_logger().info(f'loading {self.model_path} (backend {p["backend"]}, device '
+                               f'{p["device"]}, precision {p["precision"]})')
+        return Segmenter(
+            self.model_path, p['backend'], p['device'], p['precision'],
+            score_threshold=p['score_threshold'], overlap_threshold=p['overlap_threshold'],
+            label_divisor=p['label_divisor'], cache_dir=p['engine_cache_dir'] or None,
+            force_engine_update=p['force_engine_update'])
+
+    def _create_output_publisher(self, msg_type, topic: str, qos):
+        def warn(event, topic=topic):
+            policy = qos_policy_name_from_kind(event.last_policy_kind)
+            offered = ('reliable, transient local' if topic == '~/label_info'
+                       else 'reliable, volatile')
+            self.get_logger().warning(
+                f'a subscriber of {self.resolve_topic_name(topic)} requests QoS this node '
+                f'does not offer ({policy} policy); the topic is published {offered}: '
+                'subscribe with a compatible profile or it receives nothing')
+
+        return self.create_publisher(msg_type, topic, qos, event_callbacks=(
+            PublisherEventCallbacks(incompatible_qos=warn)))
+
+    def _on_incompatible_publisher(self, event) -> None:
+        policy = qos_policy_name_from_kind(event.last_policy_kind)
+        if event.last_policy_kind == QoSPolicyKind.RELIABILITY:
+            fix = ('a best-effort camera cannot reach a reliable subscription: set '
+                   'image_reliability:=best_effort (the default) or make the camera '
+                   'publish reliable')
+        else:
+            fix = (f'make the camera\'s {policy} policy compatible with this subscription '
+                   f'({self.params["image_reliability"]}, volatile, depth 1)')
+        self.get_logger().warning(
+            f'incompatible QoS: a publisher on {self.input_topic} cannot reach this node '
+            f'({policy} policy, {event.total_count} incompatible so far); no images will '
+            f'arrive from it. {fix}')
+
+    # --- parameters --------------------------------------------------------------------
+
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        for parameter in parameters:
+            name, value = parameter.name, parameter.value
+            if name in RESTART_ONLY and value != self.params[name]:
+                return SetParametersResult(
+                    successful=False, reason=f'restart the node to change {name}')
+            if name in ('score_threshold', 'overlap_threshold', 'overlay_alpha') and not (
+                    0.0 <= value <= 1.0):
+                return SetParametersResult(
+                    successful=False, reason=f'{name} must be in [0, 1], got {value}')
+            if name == 'max_image_pixels' and value < 4:
+                return SetParametersResult(
+                    successful=False, reason=f'max_image_pixels must be >= 4, got {value}')
+        for parameter in parameters:
+            self.params[parameter.name] = parameter.value
+            if parameter.name == 'score_threshold':
+                self.segmenter.score_threshold = float(parameter.value)
+            elif parameter.name == 'overlap_threshold':
+                self.segmenter.overlap_threshold = float(parameter.value)
+        if any(p.name == 'score_threshold' for p in parameters):
+            self._publish_label_info()
+        return SetParametersResult(successful=True)
+
+    def _publish_label_info(self) -> None:
+        info = LabelInfo(threshold=float(self.params['score_threshold']), class_map=[
+            VisionClass(class_id=i, class_name=name) for i, name in enumerate(self.class_names)])
+        info.header.stamp = self.get_clock().now().to_msg()
+        self.label_info_pub.publish(info)
+
+    # --- frames --------------------------------------------------------------------------
+
+    def _on_image(self, msg) -> None:
+        dropped = self._slot.put((msg, time.monotonic()))
+        with self._lock:
+            self.stats.received += 1
+            self.stats.dropped += int(dropped)
+
+    def _work(self) -> None:
+        while True:
+            item = self._slot.take()
+            if item is None:
+                return
+            with self._lock:
+                self._busy = True
+            try:
+                self._process(*item)
+            finally:
+                with self._lock:
+                    self._busy = False
+
+    def _process(self, msg, received: float) -> None:
+        try:
+            rgb = self._to_rgb(msg)
+            prediction = self.segmenter(rgb)
+        except (ImageConversionError, ValueError) as error:  # InputError is a ValueError
+            self._report_error(f'dropped a frame from {self.input_topic}: {error}', error)
+            return
+        except Exception as error:  # a backend failure must not end the node
+            self._report_error(f'segmentation failed: {error!r}', error)
+            return
+        try:
+            self._publish(msg.header, rgb, prediction)
+        except Exception as error:
+            if self._closing or not self.context.ok():
+                return  # shutting down: the publishers are going away
+            self._report_error(f'publishing failed: {error!r}', error)
+            return
+        with self._lock:
+            self.stats.processed += 1
+            self.stats.latency_ms.append(1e3 * (time.monotonic() - received))
+            self.stats.inference_ms.append(self.segmenter.last_timing.total)
+
+    def _to_rgb(self, msg) -> np.ndarray:
+        limit = self.params['max_image_pixels']
+        if isinstance(msg, CompressedImage):
+            rgb = compressed_to_rgb8(msg)
+            height, width = rgb.shape[:2]
+        else:
+            height, width = msg.height, msg.width
+        if height * width > limit:
+            raise ImageConversionError(f'image of {width}x{height} pixels exceeds '
+                                       f'max_image_pixels ({limit})')
+        if not isinstance(msg, CompressedImage):
+            rgb = image_to_rgb8(msg)
+        return np.ascontiguousarray(rgb)
+
+    def _publish(self, header, rgb: np.ndarray, prediction) -> None:
+        semantic_encoding = 'mono8' if prediction.semantic.dtype == np.uint8 else 'mono16'
+        self.panoptic_pub.publish(numpy_to_image(prediction.panoptic, '32SC1', header))
+        self.semantic_pub.publish(numpy_to_image(prediction.semantic, semantic_encoding, header))
+        if self.params['publish_overlay'] and self.overlay_pub.get_subscription_count() > 0:
+            colored = viz.colorize_panoptic(prediction.panoptic, self.class_colors,
+                                            self.params['label_divisor'])
+            blended = viz.overlay(rgb, colored, float(self.params['overlay_alpha']))
+            self.overlay_pub.publish(numpy_to_image(blended, 'rgb8', header))
+        self.detections_pub.publish(detections_message(prediction, header))
+
+    def _report_error(self, text: str, error: Exception) -> None:
+        with self._lock:
+            self.stats.errors += 1
+            self.stats.last_error = str(error)
+        if self._closing:
+            return
+        allowed, held = self._error_log.allow(error_cause(error))
+        if allowed:
+            more = f' ({held} more like it in the last {ERROR_LOG_PERIOD_S:g} s)' if held else ''
+            self.get_logger().error(text + more)
+
+    @property
+    def idle(self) -> bool:
+        """No frame waiting and none being processed (demos and benchmarks wait for it)."""
+        with self._lock:
+            return not self._busy and self._slot.empty
+
+    # --- diagnostics ---------------------------------------------------------------------
+
+    def _publish_diagnostics(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            s = self.stats
+            counts = (s.received, s.processed, s.errors)
+            latency = percentiles(s.latency_ms)
+            inference = percentiles(s.inference_ms, (50,))[0]
+            values = {'frames received': s.received, 'frames processed': s.processed,
+                      'frames dropped': s.dropped, 'errors': s.errors,
+                      'last error': s.last_error}
+        then, *previous = self._last_report
+        self._last_report = (now, *counts)
+        elapsed = max(now - then, 1e-9)
+        input_rate = (counts[0] - previous[0]) / elapsed
+        output_rate = (counts[1] - previous[1]) / elapsed
+        new_errors = counts[2] - previous[2]
+        status = DiagnosticStatus(name=f'{self.get_fully_qualified_name()}: segmentation',
+                                  hardware_id=self.segmenter.backend.describe())
+        if new_errors:
+            status.level = DiagnosticStatus.WARN
+            status.message = f'{new_errors} bad frame(s) in the last {elapsed:.1f} s'
+        elif counts[0] == 0:
+            status.level = DiagnosticStatus.OK
+            status.message = f'waiting for images on {self.input_topic}'
+        else:
+            status.level = DiagnosticStatus.OK
+            status.message = (f'{output_rate:.1f} Hz out, {input_rate:.1f} Hz in'
+                              if counts[0] > previous[0] else
+                              f'no new images on {self.input_topic} for {elapsed:.1f} s')
+        values = {
+            'backend': self.segmenter.backend.describe(),
+            'model': self.model_path.name,
+            'input topic': self.input_topic,
+            'input rate (Hz)': f'{input_rate:.2f}',
+            'output rate (Hz)': f'{output_rate:.2f}',
+            'latency p50 (ms)': f'{latency[0]:.1f}',
+            'latency p95 (ms)': f'{latency[1]:.1f}',
+            'latency p99 (ms)': f'{latency[2]:.1f}',
+            'segmenter p50 (ms)': f'{inference:.1f}',
+            **values,
+        }
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        report = DiagnosticArray(status=[status])
+        report.header.stamp = self.get_clock().now().to_msg()
+        self.diagnostics_pub.publish(report)
+
+    # --- shutdown ------------------------------------------------------------------------
+
+    def destroy_node(self):
+        """Stop and join the worker, free the model (and its GPU memory), then the node."""
+        self._closing = True
+        slot, worker = getattr(self, '_slot', None), getattr(self, '_worker', None)
+        if slot is not None:
+            slot.close()
+        if worker is not None and worker.is_alive():
+            worker.join(timeout=60.0)
+        segmenter = getattr(self, 'segmenter', None)
+        if segmenter is not None:
+            segmenter.close()
+        super().destroy_node()
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    node = None
+    executor = MultiThreadedExecutor(num_threads=2)
+    try:
+        node = SegmentNode()
+        executor.add_node(node)
+        executor.spin()
+        return 0
+    except (KeyboardInterrupt, ExternalShutdownException):
+        return 0
+    except (FileNotFoundError, ValueError, RuntimeError, ImportError,
+            ParameterException) as error:
+        # Bad parameters, a missing or broken model, no usable backend: one clear line.
+        logger = node.get_logger() if node else rclpy.logging.get_logger('segment_node')
+        logger.fatal(str(error))
+        return 1
+    finally:
+        executor.shutdown()
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,270 @@
+#!/usr/bin/env python3
+"""What the ROS node costs on top of the model: segment_node vs the Segmenter called directly.
+
+Two measurements of the same frames (synthetic scenes of ``--size``, seed ``--seed``), in one
+run:
+
+* **direct**: :class:`tokenmask_ros.runtime.Segmenter` called on each RGB frame in this
+  process (wall time of the call). Measured before and after the node run; both passes
+  count, so slow drift of a shared machine does not favour either side.
+* **node**: ``image_source`` -> ``segment_node`` -> a subscriber in this process, three
+  processes talking over real DDS (the installed console scripts, else ``python -m``).
+  Per frame: header stamp (set by image_source as it publishes) to the arrival of the
+  frame's ``~/detections`` here, on the same clock. That covers serialisation, DDS
+  transport both ways, conversion, the worker hand-off, the same Segmenter call, and
+  publishing panoptic, semantic and detections (no one subscribes to the overlay, so it is
+  not computed). The camera rate is set so that a frame normally arrives after the
+  previous one is done (period = ``--headroom`` x the direct p90); a frame the node still
+  drops (newest frame wins, on a machine busy with other work) is counted and left out.
+
+Overhead = node median - direct median, reported in ms and as a share of the direct
+per-frame time. On a machine busy with other work the two passes see different loads, so
+the report adds a same-window figure: the node's end-to-end median minus the median of the
+Segmenter calls inside the node (from its ``/diagnostics``) during the very same frames.
+Writes ``node_benchmark.csv`` (per frame) and ``node_benchmark.md`` into ``--out``.
+Unlike the rest of ``training/``, this script needs ROS 2 (rclpy).
+
+    python training/node_benchmark.py --frames 30 --size 320x240
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # `python training/node_benchmark.py` from a checkout
+    sys.path.insert(0, str(REPO_ROOT))
+
+import numpy as np  # noqa: E402
+
+NAMESPACE = '/node_benchmark'
+MODULES = {'image_source': 'tokenmask_ros.ros.image_source',
+           'segment_node': 'tokenmask_ros.ros.segment_node'}
+
+
+def executable(name: str) -> list[str]:
+    """The installed console script when the package is installed, else ``python -m``."""
+    try:
+        from ament_index_python.packages import get_package_prefix
+
+        script = Path(get_package_prefix('tokenmask_ros')) / 'lib' / 'tokenmask_ros' / name
+        if script.is_file():
+            return [str(script)]
+    except (ImportError, LookupError):
+        pass
+    return [sys.executable, '-m', MODULES[name]]
+
+
+def frames(args) -> list[np.ndarray]:
+    """The frames image_source publishes for ``source:=synthetic`` with the same size/seed."""
+    from tokenmask_ros.synthetic import SceneGenerator
+
+    generator = SceneGenerator(height=args.height, width=args.width, seed=args.seed)
+    return [generator.scene(i).image for i in range(args.warmup + args.frames)]
+
+
+def direct_pass(segmenter, images: list[np.ndarray], warmup: int) -> list[float]:
+    times = []
+    for index, image in enumerate(images):
+        start = time.perf_counter()
+        segmenter(image)
+        if index >= warmup:
+            times.append(1e3 * (time.perf_counter() - start))
+    return times
+
+
+def node_pass(args, period_s: float) -> tuple[list[float], dict]:
+    """Per-frame latency (ms) of the node pipeline for frames warmup..warmup+frames-1."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from vision_msgs.msg import Detection2DArray, LabelInfo
+
+    total = args.warmup + args.frames
+    env = os.environ.copy()
+    segment_args = [*executable('segment_node'), '--ros-args', '-r', f'__ns:={NAMESPACE}',
+                    '-p', f'backend:={args.backend}']
+    if args.model:
+        segment_args += ['-p', f'model:={args.model}']
+    source_args = [*executable('image_source'), '--ros-args', '-r', f'__ns:={NAMESPACE}',
+                   '-p', 'source:=synthetic', '-p', f'rate:={1.0 / period_s:.4f}',
+                   '-p', f'count:={total}', '-p', f'width:={args.width}',
+                   '-p', f'height:={args.height}', '-p', f'seed:={args.seed}',
+                   '-p', 'wait_for_subscribers:=1']
+    rclpy.init()
+    node = rclpy.create_node('node_benchmark_listener', namespace=NAMESPACE)
+    arrivals: dict[int, int] = {}
+    ready = []
+    diagnostics: dict[str, str] = {}
+
+    def on_diagnostics(msg):
+        for status in msg.status:
+            if status.name == f'{NAMESPACE}/segment_node: segmentation':
+                diagnostics.update((kv.key, kv.value) for kv in status.values)
+
+    def on_detections(msg):
+        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        arrivals[stamp] = node.get_clock().now().nanoseconds
+
+    node.create_subscription(Detection2DArray, 'segment_node/detections', on_detections,
+                             QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+    node.create_subscription(LabelInfo, 'segment_node/label_info', ready.append, QoSProfile(
+        depth=1, reliability=ReliabilityPolicy.RELIABLE,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 10)
+    processes = []
+    try:
+        segment = subprocess.Popen(segment_args, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+        processes.append(segment)
+        spin_until(node, lambda: ready or segment.poll() is not None, args.timeout)
+        if not ready:
+            raise RuntimeError('segment_node did not start: ' + (
+                segment.communicate(timeout=5)[1] if segment.poll() is not None else 'timeout'))
+        source = subprocess.Popen(source_args, env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        processes.append(source)
+        # Done when every frame is answered, or when the camera has finished and nothing
+        # has arrived for a while (a frame the node dropped never will).
+        last = [time.monotonic(), 0]
+
+        def done() -> bool:
+            if len(arrivals) != last[1]:
+                last[:] = [time.monotonic(), len(arrivals)]
+            quiet = time.monotonic() - last[0] > max(3.0, 5 * period_s)
+            return len(arrivals) >= total or (source.poll() is not None and quiet)
+
+        spin_until(node, done, args.timeout + total * period_s)
+        received = len(arrivals)
+        spin_until(node, lambda: int(diagnostics.get('frames processed', -1)) >= received, 5)
+        stamps = sorted(arrivals)
+        latency = [(arrivals[s] - s) / 1e6 for s in stamps]
+        info = {'outputs': len(stamps), 'expected': total,
+                'segmenter_p50': float(diagnostics.get('segmenter p50 (ms)', 'nan')),
+                'in_node_p50': float(diagnostics.get('latency p50 (ms)', 'nan'))}
+        return latency[args.warmup:], info
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def spin_until(node, done, timeout: float) -> bool:
+    import rclpy
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done():
+            return True
+        rclpy.spin_once(node, timeout_sec=0.05)
+    return bool(done())
+
+
+def stats(values: list[float]) -> dict:
+    values = np.asarray(values, np.float64)
+    if values.size == 0:
+        return {'median': float('nan'), 'p90': float('nan'), 'mean': float('nan')}
+    return {'median': float(np.median(values)), 'p90': float(np.percentile(values, 90)),
+            'mean': float(values.mean())}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--frames', type=int, default=30, help='timed frames per pass')
+    parser.add_argument('--warmup', type=int, default=3, help='untimed frames first')
+    parser.add_argument('--size', default='320x240', help='frame WIDTHxHEIGHT')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--model', default='', help='"" = the bundled model')
+    parser.add_argument('--backend', default='auto')
+    parser.add_argument('--headroom', type=float, default=1.5,
+                        help='camera period as a multiple of the direct p90 time')
+    parser.add_argument('--timeout', type=float, default=180.0,
+                        help='seconds to wait for the node to start / answer')
+    parser.add_argument('--out', default='benchmark_results', help='output folder')
+    args = parser.parse_args(argv)
+    args.width, args.height = (int(v) for v in args.size.lower().split('x'))
+
+    from tokenmask_ros.bundled import default_model_path
+    from tokenmask_ros.runtime import Segmenter
+
+    model = Path(args.model) if args.model else default_model_path()
+    images = frames(args)
+    with Segmenter(model, args.backend) as segmenter:
+        backend = segmenter.backend.describe()
+        direct_a = direct_pass(segmenter, images, args.warmup)
+    period = max(args.headroom * stats(direct_a)['p90'] / 1e3, 1 / 30)
+    print(f'direct pass 1: median {stats(direct_a)["median"]:.1f} ms, p90 '
+          f'{stats(direct_a)["p90"]:.1f} ms; node pass at {1 / period:.2f} Hz ...', flush=True)
+    node, info = node_pass(args, period)
+    with Segmenter(model, args.backend) as segmenter:
+        direct_b = direct_pass(segmenter, images, args.warmup)
+
+    direct = stats(direct_a + direct_b)
+    node_stats = stats(node)
+    overhead = node_stats['median'] - direct['median']
+    inside = {'median': info['segmenter_p50'], 'p90': float('nan'), 'mean': float('nan')}
+    in_node = {'median': info['in_node_p50'], 'p90': float('nan'), 'mean': float('nan')}
+    rows = [
+        ('direct Segmenter call (this process, before + after the node run)', direct),
+        ('Segmenter call inside the node (its /diagnostics, same time window)', inside),
+        ('node: frame arrival -> outputs published (its /diagnostics)', in_node),
+        ('end to end over DDS: stamp -> detections received', node_stats),
+    ]
+    lines = [
+        f'# segment_node overhead ({model.name}, {backend}, {args.width}x{args.height})',
+        '',
+        f'{platform.node()}, {os.cpu_count()} CPU(s), {time.strftime("%Y-%m-%d %H:%M")}; '
+        f'{args.frames} timed frames per pass after {args.warmup} warm-up; node outputs '
+        f'received {info["outputs"]}/{info["expected"]}; camera at {1 / period:.2f} Hz.',
+        '',
+        '| path | median (ms) | p90 (ms) | mean (ms) | frames |',
+        '|---|---|---|---|---|',
+    ]
+    counts = [len(direct_a) + len(direct_b), info['outputs'], info['outputs'], len(node)]
+    for (name, s), count in zip(rows, counts, strict=True):
+        cells = ' | '.join('–' if np.isnan(s[k]) else f'{s[k]:.1f}'
+                           for k in ('median', 'p90', 'mean'))
+        lines.append(f'| {name} | {cells} | {count} |')
+    share = overhead / direct['median'] if direct['median'] else float('nan')
+    paired = node_stats['median'] - inside['median']
+    paired_share = paired / inside['median'] if inside['median'] else float('nan')
+    lines += ['', f'**node overhead: {overhead:.1f} ms per frame = {100 * share:.1f} % of '
+                  'the direct per-frame time** (end-to-end median - direct median; '
+                  'target < 15 %).', '',
+              f'Same time window (robust to a busy machine): end-to-end median - the '
+              f'node\'s own Segmenter median = {paired:.1f} ms = {100 * paired_share:.1f} % '
+              'of it (the node\'s medians include the warm-up frames).']
+    report = '\n'.join(lines)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'node_benchmark.md').write_text(report + '\n')
+    with open(out / 'node_benchmark.csv', 'w', newline='') as file:
+        writer = csv.writer(file)
+        writer.writerow(['frame', 'direct_pass1_ms', 'direct_pass2_ms', 'node_ms'])
+        for index in range(args.frames):
+            writer.writerow([args.warmup + index] + [
+                f'{series[index]:.3f}' if index < len(series) else ''
+                for series in (direct_a, direct_b, node)])
+    print(report)
+    print(f'wrote {out / "node_benchmark.md"} and {out / "node_benchmark.csv"}')
+    return 0 if node else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
