@@ -47,19 +47,11 @@ def installed_executable(name: str) -> list[str]:
     test exercises the real entry point; a plain `pytest` run from a source checkout falls
     back to `python -m` on the module behind it.
     """
-    try:
-        from ament_index_python.packages import get_package_prefix
+    from tokenmask_ros.ros.processes import console_command, installed_script
 
-        script = Path(get_package_prefix('tokenmask_ros')) / 'lib' / 'tokenmask_ros' / name
-        if script.is_file():
-            return [str(script)]
-    except (ImportError, LookupError):
-        pass
-    modules = {'image_source': 'tokenmask_ros.ros.image_source',
-               'segment_node': 'tokenmask_ros.ros.segment_node', 'tokenmask': 'tokenmask_ros.cli'}
-    if os.environ.get('TOKENMASK_REQUIRE_INSTALLED'):
+    if installed_script(name) is None and os.environ.get('TOKENMASK_REQUIRE_INSTALLED'):
         pytest.fail(f'console script {name} is not installed (colcon build first)')
-    return [sys.executable, '-m', modules[name]]
+    return console_command(name)
 
 
 def run_command(args: list[str], timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:

@@ -45,24 +45,9 @@ if str(REPO_ROOT) not in sys.path:  # `python training/node_benchmark.py` from a
 
 import numpy as np  # noqa: E402
 
+from tokenmask_ros.ros.processes import console_command, spin_until  # noqa: E402
+
 NAMESPACE = '/node_benchmark'
-MODULES = {'image_source': 'tokenmask_ros.ros.image_source',
-           'segment_node': 'tokenmask_ros.ros.segment_node'}
-
-
-def executable(name: str) -> list[str]:
-    """The installed console script when the package is installed, else ``python -m``."""
-    try:
-        from ament_index_python.packages import get_package_prefix
-
-        script = Path(get_package_prefix('tokenmask_ros')) / 'lib' / 'tokenmask_ros' / name
-        if script.is_file():
-            return [str(script)]
-    except (ImportError, LookupError):
-        pass
-    return [sys.executable, '-m', MODULES[name]]
-
-
 def frames(args) -> list[np.ndarray]:
     """The frames image_source publishes for ``source:=synthetic`` with the same size/seed."""
     from tokenmask_ros.synthetic import SceneGenerator
@@ -90,11 +75,11 @@ def node_pass(args, period_s: float) -> tuple[list[float], dict]:
 
     total = args.warmup + args.frames
     env = os.environ.copy()
-    segment_args = [*executable('segment_node'), '--ros-args', '-r', f'__ns:={NAMESPACE}',
+    segment_args = [*console_command('segment_node'), '--ros-args', '-r', f'__ns:={NAMESPACE}',
                     '-p', f'backend:={args.backend}']
     if args.model:
         segment_args += ['-p', f'model:={args.model}']
-    source_args = [*executable('image_source'), '--ros-args', '-r', f'__ns:={NAMESPACE}',
+    source_args = [*console_command('image_source'), '--ros-args', '-r', f'__ns:={NAMESPACE}',
                    '-p', 'source:=synthetic', '-p', f'rate:={1.0 / period_s:.4f}',
                    '-p', f'count:={total}', '-p', f'width:={args.width}',
                    '-p', f'height:={args.height}', '-p', f'seed:={args.seed}',
@@ -164,15 +149,6 @@ def node_pass(args, period_s: float) -> tuple[list[float], dict]:
         rclpy.try_shutdown()
 
 
-def spin_until(node, done, timeout: float) -> bool:
-    import rclpy
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if done():
-            return True
-        rclpy.spin_once(node, timeout_sec=0.05)
-    return bool(done())
 
 
 def stats(values: list[float]) -> dict:

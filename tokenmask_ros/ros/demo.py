@@ -32,6 +32,7 @@ from vision_msgs.msg import Detection2DArray
 
 from tokenmask_ros.ros.conversions import image_to_numpy
 from tokenmask_ros.ros.image_source import ImageSourceNode
+from tokenmask_ros.ros.processes import spin_until
 from tokenmask_ros.ros.segment_node import SegmentNode, percentiles
 
 NAMESPACE = '/tokenmask_demo'
@@ -147,13 +148,6 @@ def main(argv=None) -> int:
         rclpy.try_shutdown()
 
 
-def spin_until(executor, done, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if done():
-            return True
-        executor.spin_once(timeout_sec=0.05)
-    return done()
 
 
 def summarize(args, source, segment, collector, wall: float, completed: bool) -> list:
