@@ -17,5 +17,10 @@ if [ -f "$_tm_root/.ros_underlay/install/local_setup.bash" ]; then
   [ -n "$_tm_nounset" ] && set -u
   unset _tm_nounset
 fi
+# After `colcon build`, the package's console scripts (tokenmask, segment_node, image_source)
+# sit in install/tokenmask_ros/lib/tokenmask_ros (where `ros2 run` looks): put them on PATH.
+if [ -d "$_tm_root/install/tokenmask_ros/lib/tokenmask_ros" ]; then
+  export PATH="$_tm_root/install/tokenmask_ros/lib/tokenmask_ros:$PATH"
+fi
 export RMW_IMPLEMENTATION="${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
 unset _tm_root _tm_venv
