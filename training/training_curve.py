@@ -89,7 +89,7 @@ def main(argv=None) -> int:
             metrics.update(evaluate.predict(model, [image], is_thing)[0], target)
         result = metrics.compute()
         rows.append({'stage': stage, 'run': str(run), 'step': step, 'global_step': global_step,
-                     'hours': round(seconds / 3600, 4),
+                     'hours': round(seconds / 3600, 6),
                      **{k: round(result[k], 2) for k in ('pq', 'pq_things', 'pq_stuff',
                                                          'miou')}})
     out = Path(args.out)

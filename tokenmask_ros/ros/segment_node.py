@@ -42,6 +42,7 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSPolicyKind, qos_policy_name_from_kind
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import (
     Detection2D,
@@ -512,14 +513,18 @@ class SegmentNode(Node):
 
     # --- shutdown ------------------------------------------------------------------------
 
-    def destroy_node(self):
-        """Stop and join the worker, free the model (and its GPU memory), then the node."""
+    def stop_worker(self) -> None:
+        """Close the frame slot and join the worker, so nothing publishes from now on."""
         self._closing = True
         slot, worker = getattr(self, '_slot', None), getattr(self, '_worker', None)
         if slot is not None:
             slot.close()
         if worker is not None and worker.is_alive():
             worker.join(timeout=60.0)
+
+    def destroy_node(self):
+        """Stop and join the worker, free the model (and its GPU memory), then the node."""
+        self.stop_worker()
         segmenter = getattr(self, 'segmenter', None)
         if segmenter is not None:
             segmenter.close()
@@ -527,7 +532,10 @@ class SegmentNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
+    # Our own SIGINT handling: rclpy's handler would shut the context down at once, under a
+    # worker that may be publishing (a crash in rmw); a KeyboardInterrupt lets the finally
+    # block stop the worker first, then tear down executor, node and context in order.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     executor = MultiThreadedExecutor(num_threads=2)
     try:
@@ -544,6 +552,8 @@ def main(args=None) -> int:
         logger.fatal(str(error))
         return 1
     finally:
+        if node is not None:
+            node.stop_worker()
         executor.shutdown()
         if node is not None:
             node.destroy_node()
