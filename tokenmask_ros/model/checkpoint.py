@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from tokenmask_ros.atomic_file import atomic_path
 from tokenmask_ros.model.config import TokenMaskConfig
 from tokenmask_ros.model.tokenmask import TokenMask, build_model
 
@@ -51,23 +50,9 @@ def save_checkpoint(model: TokenMask, path: str | Path, extra_metadata: dict | N
     }
     for key, value in (extra_metadata or {}).items():
         metadata[f'user.{key}'] = str(value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    os.close(handle)
-    try:
+    with atomic_path(path) as temp:
         save_file(state, temp, metadata=metadata)
-        os.chmod(temp, 0o666 & ~_current_umask())  # mkstemp creates 0600 files
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
     return path
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

@@ -35,11 +35,12 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+from tokenmask_ros.atomic_file import atomic_path
 
 SIDECAR_FORMAT = 'tokenmask-engine'
 SIDECAR_VERSION = 1
@@ -312,17 +313,10 @@ def _build_started_ns(sidecar: Path) -> int:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, whole."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(handle, 'wb') as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temp, 0o666 & ~_current_umask())  # mkstemp creates 0600 files
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
+    with atomic_path(path) as temp, open(temp, 'wb') as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
     _fsync_dir(path.parent)
 
 
@@ -355,9 +349,3 @@ def _unlink_if_unlocked(path: Path) -> bool:
         return True
     finally:
         os.close(fd)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -27,8 +27,6 @@ import copy
 import io
 import json
 import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tokenmask_ros.atomic_file import atomic_path
 from tokenmask_ros.model.config import TokenMaskConfig
 from tokenmask_ros.runtime.engine_cache import cache_root, file_sha256
 
@@ -182,16 +181,8 @@ def export_module(module: nn.Module, inputs: Sequence[Tensor], path: str | Path,
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, str(value)
     onnx.checker.check_model(proto, full_check=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    os.close(handle)
-    try:
+    with atomic_path(path) as temp:
         onnx.save(proto, temp)
-        os.chmod(temp, 0o666 & ~_current_umask())  # mkstemp creates 0600 files
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
     return path
 
 
@@ -333,10 +324,4 @@ def cached_onnx(checkpoint_path: str | Path, precision: str,
             log.warning('re-exporting the cached ONNX file: %s', error)
     log.info('exporting %s to %s (%s)', path.name, target, precision)
     return export_onnx(load_checkpoint(path), target, fp16=precision == 'fp16')
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
