@@ -96,12 +96,7 @@ def evaluate_checkpoint(path: Path, args: argparse.Namespace) -> dict:
     width, height = args.size
     dataset, classes = evaluate.synthetic_dataset(args.val_images, args.val_seed,
                                                   (height, width))
-    metrics = evaluate.EvalMetrics(classes)
-    is_thing = [c.is_thing for c in classes]
-    for index in range(len(dataset)):
-        image, target = dataset[index]
-        metrics.update(evaluate.predict(model, [image], is_thing)[0], target)
-    return metrics.compute()
+    return evaluate.evaluate_model(model, dataset, classes)
 
 
 def run_variant(name: str, args: argparse.Namespace, out: Path) -> dict:

@@ -411,6 +411,24 @@ def _number(value, width: int = 7) -> str:
     return f'{value:{width}.2f}'
 
 
+@torch.no_grad()
+def evaluate_model(model, samples, classes: list[EvalClass],
+                   device: str | torch.device = 'cpu') -> dict:
+    """PQ / mIoU of ``model`` over ``samples`` (a dataset or a list of ``(image, target)``),
+    one image at a time with this script's padded inference; for the callers that evaluate
+    a model in code (periodic evaluation, ablation, training curves). The model is put in
+    eval mode for the call and its mode restored."""
+    was_training = model.training
+    model.eval()
+    metrics = EvalMetrics(classes)
+    is_thing = [c.is_thing for c in classes]
+    for index in range(len(samples)):
+        image, target = samples[index]
+        metrics.update(predict(model, [image], is_thing, device)[0], target)
+    model.train(was_training)
+    return metrics.compute()
+
+
 def format_table(metrics: dict) -> str:
     """A compact text table: the headline numbers, then per class PQ / SQ / RQ, IoU and AP
     (only the families ``metrics`` holds)."""

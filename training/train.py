@@ -439,18 +439,9 @@ class PeriodicEvaluation:
                              'eval.images_dir, eval.panoptic_dir and eval.json_file')
         evaluate.check_classes(model_config, self.classes, 'validation')
         self.samples = [dataset[i] for i in range(min(settings.images, len(dataset)))]
-        self.is_thing = [c.is_thing for c in self.classes]
 
-    @torch.no_grad()
     def __call__(self, model, device: torch.device) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
-        metrics = self._evaluate.EvalMetrics(self.classes)
-        for image, target in self.samples:
-            prediction = self._evaluate.predict(model, [image], self.is_thing, device)[0]
-            metrics.update(prediction, target)
-        model.train(was_training)
-        result = metrics.compute()
+        result = self._evaluate.evaluate_model(model, self.samples, self.classes, device)
         return {f'val_{k}': result[k] for k in ('pq', 'pq_things', 'pq_stuff', 'miou')}
 
 

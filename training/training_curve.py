@@ -82,12 +82,7 @@ def main(argv=None) -> int:
         if size not in datasets:
             datasets[size] = evaluate.synthetic_dataset(args.images, args.seed, size)
         dataset, classes = datasets[size]
-        metrics = evaluate.EvalMetrics(classes)
-        is_thing = [c.is_thing for c in classes]
-        for i in range(len(dataset)):
-            image, target = dataset[i]
-            metrics.update(evaluate.predict(model, [image], is_thing)[0], target)
-        result = metrics.compute()
+        result = evaluate.evaluate_model(model, dataset, classes)
         rows.append({'stage': stage, 'run': str(run), 'step': step, 'global_step': global_step,
                      'hours': round(seconds / 3600, 6),
                      **{k: round(result[k], 2) for k in ('pq', 'pq_things', 'pq_stuff',
