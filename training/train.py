@@ -34,6 +34,7 @@ if str(REPO_ROOT) not in sys.path:  # `python training/train.py` from a source c
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import yaml  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, DistributedSampler  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -49,6 +50,7 @@ from tokenmask_ros.model.backbone import (  # noqa: E402
     load_backbone_weights,
 )
 from training.annealing import annealing_windows, mask_probabilities  # noqa: E402
+from training.aux_semantic import SemanticAuxiliary  # noqa: E402
 from training.datasets import collate  # noqa: E402
 from training.datasets.transforms import TrainTransform  # noqa: E402
 from training.losses import MaskClassificationLoss, count_masks  # noqa: E402
@@ -103,6 +105,7 @@ class OptimConfig:
     mask_annealing_start: float = 1 / 6  # fraction of training where the first window opens
     mask_annealing_end: float = 5 / 6    # ... and where the last one closes
     num_points: int = 12544
+    aux_semantic_weight: float = 0.0  # > 0: per-token class loss (training/aux_semantic.py)
 
 
 @dataclass
@@ -454,9 +457,16 @@ def _previous_elapsed(path: Path, step: int) -> float:
     return float(rows[-1]['elapsed_s']) if rows else 0.0
 
 
-def save_all(out: Path, step: int, model, optimizer, scheduler, scaler, config) -> Path:
+AUX_WEIGHTS = 'aux_semantic.safetensors'
+
+
+def save_all(out: Path, step: int, model, optimizer, scheduler, scaler, config,
+             aux: SemanticAuxiliary | None = None) -> Path:
     directory = out / 'checkpoints' / f'step_{step:06d}'
     save_checkpoint(model, directory / 'model.safetensors', {'step': step})
+    if aux is not None:  # training-only weights, kept beside the train state for resume
+        save_file({k: v.detach().cpu().contiguous() for k, v in aux.state_dict().items()},
+                  str(directory / AUX_WEIGHTS))
     save_train_state(directory, step, optimizer, scheduler, scaler,
                      {'train_config': config.to_dict()})
     return directory
@@ -517,6 +527,12 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
 
     optimizer = build_optimizer(model, optim.lr, optim.weight_decay, optim.layer_decay,
                                 optim.betas)
+    aux = None
+    if optim.aux_semantic_weight > 0:
+        aux = SemanticAuxiliary(model, len(mconfig.classes)).to(device)
+        optimizer.add_param_group({'params': list(aux.parameters()), 'lr': optim.lr,
+                                   'name': 'aux', 'kind': 'head',
+                                   'weight_decay': optim.weight_decay})
     scheduler = build_scheduler(optimizer, total, optim.head_warmup, optim.backbone_warmup,
                                 optim.poly_power)
     amp = optim.amp if device.type == 'cuda' else 'none'
@@ -532,6 +548,8 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
             raise FileNotFoundError(f'--resume: {directory / "model.safetensors"} not found')
         check_init_config(directory / 'model.safetensors', mconfig, '--resume')
         model.load_state_dict(load_checkpoint(directory / 'model.safetensors').state_dict())
+        if aux is not None and (directory / AUX_WEIGHTS).is_file():
+            aux.load_state_dict(load_file(str(directory / AUX_WEIGHTS), device=str(device)))
         data, tensors = read_train_state(directory)
         start = restore_train_state(data, tensors, optimizer, scheduler, scaler)
     ddp_model = model
@@ -578,10 +596,16 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
                 with torch.autocast(device.type, dtype=dtype, enabled=amp != 'none'):
                     outputs = ddp_model(images, return_intermediate=True)
                 result = criterion(outputs, targets, num_masks)
-                scaler.scale(result['loss'] / optim.grad_accum).backward()
-            step_loss += result['loss'].item() / optim.grad_accum
-            for key in ('loss_class', 'loss_mask', 'loss_dice'):
-                parts[key] = parts.get(key, 0.0) + float(result[key]) / optim.grad_accum
+                loss = result['loss']
+                if aux is not None:
+                    aux_loss = optim.aux_semantic_weight * aux.loss(targets)
+                    loss = loss + aux_loss
+                    result['loss_aux'] = aux_loss.detach()
+                scaler.scale(loss / optim.grad_accum).backward()
+            step_loss += loss.item() / optim.grad_accum
+            for key in ('loss_class', 'loss_mask', 'loss_dice', 'loss_aux'):
+                if key in result:
+                    parts[key] = parts.get(key, 0.0) + float(result[key]) / optim.grad_accum
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             model.parameters(), optim.grad_clip if optim.grad_clip > 0 else float('inf'))
@@ -602,15 +626,17 @@ def train(config: TrainConfig, out: str | Path, resume: str | None = None,
                                'elapsed_s': elapsed + time.monotonic() - started})
             if evaluation is not None and (done % config.eval.every == 0 or done == total):
                 scores = evaluation(model, device)  # eval mode: no attention masks
+                if aux is not None:
+                    aux.clear()
                 log.log(done, {**scores, 'elapsed_s': elapsed + time.monotonic() - started},
                         'eval.csv')
                 bar.write(f'step {done}: ' + ', '.join(f'{k} {v:.2f}' for k, v in scores.items()))
             if config.checkpoint_every > 0 and done % config.checkpoint_every == 0 \
                     and done != total:
-                save_all(out, done, model, optimizer, scheduler, scaler, config)
+                save_all(out, done, model, optimizer, scheduler, scaler, config, aux)
     bar.close()
     if main and total > start:
-        save_all(out, total, model, optimizer, scheduler, scaler, config)
+        save_all(out, total, model, optimizer, scheduler, scaler, config, aux)
         save_checkpoint(model, out / 'model.safetensors', {'step': total})
     log.close()
     if world > 1:
