@@ -224,3 +224,18 @@ def test_annealing_can_start_later():
     assert late[0] == (500, 600) and late[-1] == (800, 900)
     with pytest.raises(ValueError):
         annealing_windows(100, 4, 0.9, 0.5)
+
+
+@pytest.mark.parametrize('name', ['synthetic_tiny_tokenmask_cpu_stage3',
+                                  'synthetic_tiny_tokenmask_cpu_stage4',
+                                  'synthetic_tiny_tokenmask_gpu'])
+def test_bundled_model_later_recipes_load(name):
+    from tokenmask_ros.synthetic import SYNTHETIC_CLASSES
+
+    config = load_train_config(REPO / f'training/configs/{name}.yaml')
+    mconfig = model_config(config, [{'name': c.name, 'is_thing': c.is_thing}
+                                    for c in SYNTHETIC_CLASSES])
+    assert mconfig.img_size == (240, 320) and mconfig.num_queries == 40
+    assert (config.data.width, config.data.height) == (320, 240)
+    assert config.optim.mask_annealing and config.optim.mask_annealing_start >= 0.55
+    assert config.optim.aux_semantic_weight == (0.0 if name.endswith('stage3') else 2.0)
