@@ -37,3 +37,15 @@ def test_curve_chains_stages_and_their_clocks(tmp_path):
     assert hours == sorted(hours) and hours[1] > hours[0]
     assert all(0 <= float(r['pq']) <= 100 for r in rows)
     assert out.with_suffix('.png').stat().st_size > 1000
+
+    # --reuse keeps scores already in the CSV (marked here) and evaluates only new points.
+    text = out.with_suffix('.csv').read_text().splitlines()
+    header, first_row = text[0].split(','), text[1].split(',')
+    first_row[header.index('pq')] = '77.7'
+    out.with_suffix('.csv').write_text('\n'.join([text[0], ','.join(first_row), *text[2:]]))
+    assert training_curve.main([f'{first}:1', str(second), '--images', '1', '--reuse',
+                                '--out', str(out)]) == 0
+    with out.with_suffix('.csv').open() as file:
+        reused = list(csv.DictReader(file))
+    assert float(reused[0]['pq']) == 77.7
+    assert [r['pq'] for r in reused[1:]] == [r['pq'] for r in rows[1:]]

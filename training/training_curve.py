@@ -61,6 +61,9 @@ def main(argv=None) -> int:
     parser.add_argument('--images', type=int, default=50, help='validation scenes per point')
     parser.add_argument('--seed', type=int, default=12345, help='validation seed')
     parser.add_argument('--out', required=True, help='output path without extension')
+    parser.add_argument('--reuse', action='store_true',
+                        help="keep the scores of checkpoints already in <out>.csv (same run and "
+                             "step) and evaluate only the new ones, e.g. after adding a stage")
     args = parser.parse_args(argv)
 
     from tokenmask_ros.model import load_checkpoint
@@ -75,19 +78,22 @@ def main(argv=None) -> int:
                  for step, seconds, weights in points]
         offset += points[-1][1]
         total_steps += points[-1][0]
+    out = Path(args.out)
+    known = previous_scores(out.with_suffix('.csv')) if args.reuse else {}
     datasets = {}
     for stage, run, step, seconds, global_step, weights in tqdm(plan, desc='checkpoints'):
-        model = load_checkpoint(weights).eval()
-        size = tuple(model.config.img_size)
-        if size not in datasets:
-            datasets[size] = evaluate.synthetic_dataset(args.images, args.seed, size)
-        dataset, classes = datasets[size]
-        result = evaluate.evaluate_model(model, dataset, classes)
+        result = known.get((str(run), step))
+        if result is None:
+            model = load_checkpoint(weights).eval()
+            size = tuple(model.config.img_size)
+            if size not in datasets:
+                datasets[size] = evaluate.synthetic_dataset(args.images, args.seed, size)
+            dataset, classes = datasets[size]
+            result = evaluate.evaluate_model(model, dataset, classes)
         rows.append({'stage': stage, 'run': str(run), 'step': step, 'global_step': global_step,
                      'hours': round(seconds / 3600, 6),
                      **{k: round(result[k], 2) for k in ('pq', 'pq_things', 'pq_stuff',
                                                          'miou')}})
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.with_suffix('.csv').open('w', newline='') as file:
         writer = csv.DictWriter(file, list(rows[0]))
@@ -97,6 +103,16 @@ def main(argv=None) -> int:
     for row in rows:
         print(row)
     return 0
+
+
+def previous_scores(path: Path) -> dict[tuple[str, int], dict[str, float]]:
+    """``{(run, step): scores}`` from an earlier curve CSV (empty when there is none)."""
+    if not path.is_file():
+        return {}
+    with path.open(newline='') as file:
+        return {(row['run'], int(row['step'])):
+                {k: float(row[k]) for k in ('pq', 'pq_things', 'pq_stuff', 'miou')}
+                for row in csv.DictReader(file)}
 
 
 def plot(path: Path, rows: list[dict], images: int) -> None:
