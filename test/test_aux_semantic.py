@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from test_train import TINY  # noqa: E402
+
 from tokenmask_ros.model import TokenMaskConfig, build_model  # noqa: E402
 from training.aux_semantic import (  # noqa: E402
     SemanticAuxiliary,
@@ -20,7 +22,6 @@ from training.aux_semantic import (  # noqa: E402
     token_class_fractions,
 )
 from training.train import load_train_config, train  # noqa: E402
-from test_train import TINY  # noqa: E402
 
 
 def test_token_fractions_count_pixels_per_class():
