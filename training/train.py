@@ -475,7 +475,22 @@ def save_all(out: Path, step: int, model, optimizer, scheduler, scaler, config,
 def train(config: TrainConfig, out: str | Path, resume: str | None = None,
           init: str | None = None, backbone_weights: str | None = None,
           progress: bool = True) -> dict[str, Any]:
-    """Run training; returns ``{'step', 'losses', 'out'}`` (per-step losses of this run)."""
+    """Run training; returns ``{'step', 'losses', 'out'}`` (per-step losses of this run).
+
+    ``config.deterministic`` switches torch's process-wide deterministic mode on for the run
+    only: the caller's setting is restored afterwards (it changes how other code in the
+    same process dispatches ops).
+    """
+    previous = (torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        return _train(config, out, resume, init, backbone_weights, progress)
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def _train(config: TrainConfig, out: Path | str, resume: str | None, init: str | None,
+           backbone_weights: str | None, progress: bool) -> dict[str, Any]:
     world, rank, local_rank = setup_distributed()
     main = rank == 0
     out = Path(out)
