@@ -73,8 +73,14 @@ def test_auxiliary_reads_tokens_through_hooks_and_learns():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0], losses
+    model.eval()
+    with torch.no_grad():
+        model(images)  # an evaluation pass is not captured
+    with pytest.raises(RuntimeError):
+        aux.loss(targets)
+    model.train()
     aux.remove()
     model(images)
     with pytest.raises(RuntimeError):

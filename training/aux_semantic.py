@@ -69,29 +69,32 @@ class SemanticAuxiliary(nn.Module):
         self.skip = model.num_queries + backbone.num_prefix_tokens
         self.heads = nn.ModuleList(
             nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_classes)) for _ in range(2))
-        self._tokens: list[torch.Tensor] = []
+        # The tokens of the latest training-mode forward pass, one slot per read-out point;
+        # evaluation passes (eval mode) are not captured.
+        self._tokens: list[torch.Tensor | None] = [None, None]
         first_query_block = backbone.blocks[len(backbone.blocks) - model.num_query_blocks]
         self._hooks = [
             first_query_block.register_forward_pre_hook(
-                lambda _module, args: self._tokens.append(args[0])),
+                lambda module, args: self._capture(module, 0, args[0])),
             backbone.blocks[-1].register_forward_hook(
-                lambda _module, _args, output: self._tokens.append(output)),
+                lambda module, _args, output: self._capture(module, 1, output)),
         ]
+
+    def _capture(self, block: nn.Module, slot: int, tokens: torch.Tensor) -> None:
+        if block.training:
+            self._tokens[slot] = tokens
 
     def loss(self, targets: Sequence[dict]) -> torch.Tensor:
         """The mean token loss of the two read-out points for the last forward pass."""
-        tokens, self._tokens = self._tokens[-2:], []
-        if len(tokens) != 2:
-            raise RuntimeError('SemanticAuxiliary.loss needs one forward pass of the model first')
+        tokens, self._tokens = self._tokens, [None, None]
+        if any(t is None for t in tokens):
+            raise RuntimeError('SemanticAuxiliary.loss needs one training-mode forward pass '
+                               'of the model first')
         fractions = torch.stack([
             token_class_fractions(t['masks'], t['labels'], self.num_classes, self.patch_size)
             for t in targets])
         return sum(soft_token_loss(head(x[:, self.skip:]), fractions)
                    for head, x in zip(self.heads, tokens, strict=True)) / len(tokens)
-
-    def clear(self) -> None:
-        """Forget captured tokens (call after forward passes that are not trained on)."""
-        self._tokens = []
 
     def remove(self) -> None:
         for hook in self._hooks:

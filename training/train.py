@@ -641,8 +641,6 @@ def _train(config: TrainConfig, out: Path | str, resume: str | None, init: str |
                                'elapsed_s': elapsed + time.monotonic() - started})
             if evaluation is not None and (done % config.eval.every == 0 or done == total):
                 scores = evaluation(model, device)  # eval mode: no attention masks
-                if aux is not None:
-                    aux.clear()
                 log.log(done, {**scores, 'elapsed_s': elapsed + time.monotonic() - started},
                         'eval.csv')
                 bar.write(f'step {done}: ' + ', '.join(f'{k} {v:.2f}' for k, v in scores.items()))

@@ -25,6 +25,8 @@ if str(REPO_ROOT) not in sys.path:  # `python training/training_curve.py` from a
 
 from tqdm import tqdm  # noqa: E402
 
+SCORES = ('pq', 'pq_things', 'pq_stuff', 'miou')  # the curve's columns, from evaluate_model
+
 
 def parse_stage(text: str) -> tuple[Path, int | None]:
     path, _, last = text.partition(':')
@@ -92,8 +94,7 @@ def main(argv=None) -> int:
             result = evaluate.evaluate_model(model, dataset, classes)
         rows.append({'stage': stage, 'run': str(run), 'step': step, 'global_step': global_step,
                      'hours': round(seconds / 3600, 6),
-                     **{k: round(result[k], 2) for k in ('pq', 'pq_things', 'pq_stuff',
-                                                         'miou')}})
+                     **{k: round(result[k], 2) for k in SCORES}})
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.with_suffix('.csv').open('w', newline='') as file:
         writer = csv.DictWriter(file, list(rows[0]))
@@ -111,7 +112,7 @@ def previous_scores(path: Path) -> dict[tuple[str, int], dict[str, float]]:
         return {}
     with path.open(newline='') as file:
         return {(row['run'], int(row['step'])):
-                {k: float(row[k]) for k in ('pq', 'pq_things', 'pq_stuff', 'miou')}
+                {k: float(row[k]) for k in SCORES}
                 for row in csv.DictReader(file)}
 
 
