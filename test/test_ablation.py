@@ -47,3 +47,27 @@ def test_ablation_runs_every_variant_on_the_same_budget(tmp_path):
     with (tmp_path / 'ablation.csv').open() as file:
         again = list(csv.DictReader(file))
     assert again[0]['pq'] == rows[2]['pq']
+
+
+def test_ablation_variants_start_from_the_given_backbone(tmp_path):
+    """With --backbone-weights every variant starts from that backbone (lr 0 keeps it
+    unchanged, so the trained variant's blocks must equal the source's exactly)."""
+    import torch
+
+    from tokenmask_ros.model import TokenMaskConfig, build_model, load_checkpoint, save_checkpoint
+
+    sizes = {'embed_dim': 32, 'depth': 2, 'num_heads': 2, 'num_query_blocks': 1}
+    torch.manual_seed(4)
+    source = build_model(TokenMaskConfig(backbone='vit_tiny_patch16_224', img_size=(32, 48),
+                                         num_queries=3, num_classes=2, **sizes))
+    weights = save_checkpoint(source, tmp_path / 'pretrained.safetensors')
+    toy = [*(f'model.{k}={v}' for k, v in sizes.items()), 'data.num_workers=0',
+           'optim.num_points=64']
+    assert ablation.main(['--out', str(tmp_path / 'out'), '--steps', '1', '--batch-size', '2',
+                          '--lr', '0', '--size', '64x48', '--queries', '4', '--val-images', '1',
+                          '--repeats', '1', '--no-progress', '--variants', 'eomt/feature s4',
+                          '--backbone-weights', str(weights), '--set', *toy]) == 0
+    trained = load_checkpoint(tmp_path / 'out' / 'eomt_feature_s4' / 'model.safetensors')
+    assert torch.equal(trained.backbone.blocks[1].mlp.fc2.weight,
+                       source.backbone.blocks[1].mlp.fc2.weight)
+    assert 'from the backbone of' in (tmp_path / 'out' / 'ablation.md').read_text()

@@ -39,3 +39,42 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
                                         **SIZES))
     with pytest.raises(ValueError, match='do not fit'):
         load_backbone_weights(model.backbone, path)
+
+
+def test_backbone_of_a_tokenmask_checkpoint_loads_into_another_grid_and_head(tmp_path):
+    """A trained 48x64 TokenMask checkpoint (3x4 grid) gives its backbone to a 64x64 EoMT
+    model with other classes: the blocks are copied, the position embedding is resampled
+    from the non-square grid, and nothing of the old heads is used."""
+    from tokenmask_ros.model import save_checkpoint
+
+    torch.manual_seed(2)
+    common = {'backbone': 'vit_tiny_patch16_224', 'num_query_blocks': 1, **SIZES}
+    source = build_model(TokenMaskConfig(img_size=(48, 64), num_queries=3, num_classes=4,
+                                         **common))
+    path = save_checkpoint(source, tmp_path / 'trained.safetensors')
+    target = build_model(TokenMaskConfig(img_size=64, num_queries=5, num_classes=2,
+                                         head='eomt', upsample='feature', **common))
+    load_backbone_weights(target.backbone, path)
+    assert torch.equal(target.backbone.blocks[1].attn.qkv.weight,
+                       source.backbone.blocks[1].attn.qkv.weight)
+    assert target.backbone.pos_embed.shape == (1, 1 + 16, 32)
+    # The class token's embedding is kept; the grid part is a resampling, not a copy.
+    assert torch.equal(target.backbone.pos_embed[:, 0], source.backbone.pos_embed[:, 0])
+    grid = source.backbone.pos_embed[0, 1:].reshape(3, 4, 32)
+    resampled = target.backbone.pos_embed[0, 1:].reshape(4, 4, 32)
+    assert not torch.equal(resampled[:3], grid)
+    assert torch.allclose(resampled.mean((0, 1)), grid.mean((0, 1)), atol=0.05)
+
+
+def test_tokenmask_checkpoint_of_another_width_is_refused(tmp_path):
+    from tokenmask_ros.model import save_checkpoint
+
+    source = build_model(TokenMaskConfig(backbone='vit_tiny_patch16_224', img_size=32,
+                                         num_queries=2, num_query_blocks=1, num_classes=2,
+                                         embed_dim=48, depth=2, num_heads=2))
+    path = save_checkpoint(source, tmp_path / 'wide.safetensors')
+    model = build_model(TokenMaskConfig(backbone='vit_tiny_patch16_224', img_size=32,
+                                        num_queries=2, num_query_blocks=1, num_classes=2,
+                                        **SIZES))
+    with pytest.raises(ValueError, match='do not fit'):
+        load_backbone_weights(model.backbone, path)

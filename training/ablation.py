@@ -6,10 +6,12 @@
 Variants (all ViT-Tiny, same data, seed, schedule and number of optimiser steps):
 ``eomt/feature`` (the EoMT baseline: learned ScaleBlocks upsample the token map to stride 4),
 ``tokenmask/none`` (logits at the patch grid, stride 16) and ``tokenmask/logit`` at output
-strides 1, 4 and 8 (bilinear upsampling of the logits). Each is trained from scratch with
-training/train.py's ``train()``, evaluated with training/evaluate.py's inference and metrics
-on fresh validation scenes, and timed with the Segmenter (torch backend, the deployed graph)
-through ``tokenmask bench``'s measurement. Writes ``ablation.md``, ``ablation.csv`` and
+strides 1, 4 and 8 (bilinear upsampling of the logits). Each is trained with
+training/train.py's ``train()``, from scratch or, as in the paper, from the same pretrained
+backbone (``--backbone-weights``: timm/DINOv2 weights or any TokenMask checkpoint),
+evaluated with training/evaluate.py's inference and metrics on fresh validation scenes, and
+timed with the Segmenter (torch backend, the deployed graph) through ``tokenmask bench``'s
+measurement. Writes ``ablation.md``, ``ablation.csv`` and
 ``ablation.png`` (PQ against latency) into ``--out``.
 """
 
@@ -57,6 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=list(VARIANTS),
                         metavar='VARIANT', help=f'subset of {list(VARIANTS)}')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--backbone-weights', default=None, metavar='FILE',
+                        help='start every variant from this backbone (timm/DINOv2 safetensors '
+                             'or a TokenMask checkpoint, whose heads are ignored) instead of '
+                             'from scratch; the heads are always new')
     parser.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE',
                         help='extra train-config overrides for every variant, e.g. '
                              'model.depth=6 (section.key=value, YAML values)')
@@ -68,6 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.val_images < 1 or args.repeats < 1:
         parser.error('--steps, --val-images and --repeats must be >= 1')
+    if args.backbone_weights and not Path(args.backbone_weights).is_file():
+        parser.error(f'--backbone-weights: no such file: {args.backbone_weights}')
     return args
 
 
@@ -113,7 +121,8 @@ def run_variant(name: str, args: argparse.Namespace, out: Path) -> dict:
         metrics, train_s = record['metrics'], record['train_s']
     else:
         started = time.monotonic()
-        train(train_config(args, model), run, progress=not args.no_progress)
+        train(train_config(args, model), run, backbone_weights=args.backbone_weights,
+              progress=not args.no_progress)
         train_s = time.monotonic() - started
         metrics = evaluate_checkpoint(checkpoint, args)
         saved.write_text(json.dumps({'metrics': metrics, 'train_s': train_s}, indent=1))
@@ -136,8 +145,10 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
     from tokenmask_ros.runtime.bench import environment
 
     width, height = args.size
+    start = f'from the backbone of `{args.backbone_weights}`' if args.backbone_weights \
+        else 'from scratch'
     lines = [f'Synthetic ablation: ViT-Tiny, {width}x{height}, {args.queries} queries, '
-             f'{args.steps} steps of batch {args.batch_size} from scratch per variant; PQ on '
+             f'{args.steps} steps of batch {args.batch_size} {start} per variant; PQ on '
              f'{args.val_images} validation scenes (seed {args.val_seed}); latency of the '
              'whole Segmenter call (torch backend, fp32, CPU).', '',
              f'Machine: {environment("cpu")}', '',

@@ -32,20 +32,55 @@ def build_backbone(config: TokenMaskConfig) -> VisionTransformer:
 
 
 def load_backbone_weights(backbone: VisionTransformer, path: str | Path) -> None:
-    """Load pretrained ViT weights from a local safetensors file (timm or DINOv2 layout).
+    """Load pretrained ViT weights from a local safetensors file: timm or DINOv2 layout, or
+    the backbone of a TokenMask checkpoint (its heads are ignored).
 
-    timm's checkpoint filter resamples a patch-14 embedding to patch 16 and the position
-    embeddings to this grid, once, at load time (what EoMT does for DINOv2).
+    The last lets a model with other classes, head or input size start from a trained or
+    imported EoMT backbone; its position embedding is resampled from the checkpoint's token
+    grid. timm's checkpoint filter resamples a patch-14 embedding to patch 16 and the
+    position embeddings to this grid, once, at load time (what EoMT does for DINOv2).
     """
     from safetensors.torch import load_file
     from timm.models.vision_transformer import checkpoint_filter_fn
 
-    state = checkpoint_filter_fn(load_file(str(path)), backbone)
+    from tokenmask_ros.model.checkpoint import FORMAT, read_metadata
+
+    if read_metadata(path).get('format') == FORMAT:
+        state = _tokenmask_backbone_state(path, backbone)
+    else:
+        state = checkpoint_filter_fn(load_file(str(path)), backbone)
     missing, unexpected = backbone.load_state_dict(state, strict=False)
     unexpected = [k for k in unexpected if not k.startswith('head')]
     if missing or unexpected:
         raise ValueError(f'{path}: backbone weights do not fit {type(backbone).__name__}: '
                          f'missing {missing[:5]}, unexpected {unexpected[:5]}')
+
+
+def _tokenmask_backbone_state(path: str | Path, backbone: VisionTransformer
+                              ) -> dict[str, torch.Tensor]:
+    """The ``backbone.*`` tensors of a TokenMask checkpoint (checksum verified), with the
+    position embedding resampled from the checkpoint's grid to ``backbone``'s.
+
+    timm's filter cannot do this one: it assumes the old grid is square.
+    """
+    from timm.layers import resample_abs_pos_embed
+
+    from tokenmask_ros.model.checkpoint import load_checkpoint
+
+    source = load_checkpoint(path)
+    state = {k: v.float() for k, v in source.backbone.state_dict().items()}
+    old, new = source.backbone.patch_embed.grid_size, backbone.patch_embed.grid_size
+    embed = state.get('pos_embed')
+    if embed is not None and tuple(old) != tuple(new):
+        prefix = embed.shape[1] - old[0] * old[1]
+        state['pos_embed'] = resample_abs_pos_embed(embed, list(new), list(old),
+                                                    num_prefix_tokens=prefix)
+    expected = backbone.state_dict()
+    wrong = [k for k, v in state.items() if k in expected and expected[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f'{path}: backbone weights do not fit {type(backbone).__name__}: '
+                         f'wrong shape {wrong[:5]}')
+    return state
 
 
 def fit_position_embedding(state: dict[str, torch.Tensor], source: TokenMaskConfig,
