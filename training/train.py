@@ -668,7 +668,9 @@ def main(argv: list[str] | None = None) -> int:
                         help='tokenmask checkpoint to start from (config must match except '
                              'img_size; the position embedding is cropped or resampled)')
     parser.add_argument('--backbone-weights', default=None,
-                        help='local safetensors file with pretrained timm/DINOv2 ViT weights')
+                        help='local safetensors file with pretrained timm/DINOv2 ViT weights, '
+                             'or a TokenMask checkpoint whose backbone only is used (other '
+                             'classes, head or input size are fine)')
     parser.add_argument('--no-progress', action='store_true', help='no tqdm bar')
     parser.add_argument('overrides', nargs='*', help='section.key=value (YAML values)')
     args = parser.parse_args(argv)
