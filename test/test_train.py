@@ -228,6 +228,8 @@ def test_annealing_can_start_later():
 
 @pytest.mark.parametrize('name', ['synthetic_tiny_tokenmask_cpu_stage3',
                                   'synthetic_tiny_tokenmask_cpu_stage4',
+                                  'synthetic_tiny_tokenmask_cpu_stage5',
+                                  'synthetic_tiny_tokenmask_cpu_stage6',
                                   'synthetic_tiny_tokenmask_gpu'])
 def test_bundled_model_later_recipes_load(name):
     from tokenmask_ros.synthetic import SYNTHETIC_CLASSES
@@ -237,5 +239,8 @@ def test_bundled_model_later_recipes_load(name):
                                     for c in SYNTHETIC_CLASSES])
     assert mconfig.img_size == (240, 320) and mconfig.num_queries == 40
     assert (config.data.width, config.data.height) == (320, 240)
-    assert config.optim.mask_annealing and config.optim.mask_annealing_start >= 0.55
+    # From scratch the masks stay on for at least a third of the run, and the run ends with
+    # some unmasked steps (the model inference runs).
+    assert config.optim.mask_annealing
+    assert 0.3 <= config.optim.mask_annealing_start < config.optim.mask_annealing_end <= 0.95
     assert config.optim.aux_semantic_weight == (0.0 if name.endswith('stage3') else 2.0)
