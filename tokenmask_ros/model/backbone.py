@@ -59,22 +59,18 @@ def load_backbone_weights(backbone: VisionTransformer, path: str | Path) -> None
 def _tokenmask_backbone_state(path: str | Path, backbone: VisionTransformer
                               ) -> dict[str, torch.Tensor]:
     """The ``backbone.*`` tensors of a TokenMask checkpoint (checksum verified), with the
-    position embedding resampled from the checkpoint's grid to ``backbone``'s.
-
-    timm's filter cannot do this one: it assumes the old grid is square.
+    position embedding resampled from the checkpoint's grid to ``backbone``'s by
+    :func:`fit_position_embedding` (timm's filter cannot: it assumes a square old grid).
     """
-    from timm.layers import resample_abs_pos_embed
+    from dataclasses import replace
 
     from tokenmask_ros.model.checkpoint import load_checkpoint
 
     source = load_checkpoint(path)
-    state = {k: v.float() for k, v in source.backbone.state_dict().items()}
-    old, new = source.backbone.patch_embed.grid_size, backbone.patch_embed.grid_size
-    embed = state.get('pos_embed')
-    if embed is not None and tuple(old) != tuple(new):
-        prefix = embed.shape[1] - old[0] * old[1]
-        state['pos_embed'] = resample_abs_pos_embed(embed, list(new), list(old),
-                                                    num_prefix_tokens=prefix)
+    target = replace(source.config, img_size=tuple(backbone.patch_embed.img_size))
+    fitted = fit_position_embedding(source.state_dict(), source.config, target, crop=False)
+    prefix = 'backbone.'
+    state = {k[len(prefix):]: v.float() for k, v in fitted.items() if k.startswith(prefix)}
     expected = backbone.state_dict()
     wrong = [k for k, v in state.items() if k in expected and expected[k].shape != v.shape]
     if wrong:
