@@ -230,7 +230,6 @@ def test_annealing_can_start_later():
                                   'synthetic_tiny_tokenmask_cpu_stage4',
                                   'synthetic_tiny_tokenmask_cpu_stage5',
                                   'synthetic_tiny_tokenmask_cpu_stage6',
-                                  'synthetic_tiny_tokenmask_cpu_stage7',
                                   'synthetic_tiny_tokenmask_gpu'])
 def test_bundled_model_later_recipes_load(name):
     from tokenmask_ros.synthetic import SYNTHETIC_CLASSES
