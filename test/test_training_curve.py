@@ -6,6 +6,8 @@ import csv
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -49,3 +51,24 @@ def test_curve_chains_stages_and_their_clocks(tmp_path):
         reused = list(csv.DictReader(file))
     assert float(reused[0]['pq']) == 77.7
     assert [r['pq'] for r in reused[1:]] == [r['pq'] for r in rows[1:]]
+
+
+def test_a_stage_known_only_by_its_weights_file_is_one_point(tmp_path):
+    """Stages whose run folder is gone are placed by FILE:STEPS@MINUTES after the runs before."""
+    run = tmp_path / 'run'
+    train(load_train_config(None, TOY), run, progress=False)
+    weights = run / 'checkpoints/step_000002/model.safetensors'
+    out = tmp_path / 'curve'
+    assert training_curve.main([str(run), f'{weights}:300@90', '--images', '1',
+                                '--out', str(out)]) == 0
+    with out.with_suffix('.csv').open() as file:
+        rows = list(csv.DictReader(file))
+    assert [(int(r['stage']), int(r['global_step'])) for r in rows] == [(0, 1), (0, 2), (1, 302)]
+    assert rows[2]['run'] == str(weights)
+    # 90 minutes after the end of the first run.
+    assert abs(float(rows[2]['hours']) - float(rows[1]['hours']) - 1.5) < 1e-5
+
+    for bad, message in ((str(weights), 'STEPS@MINUTES'), (f'{run}@5', 'only for a weights'),
+                         (f'{tmp_path}/gone.safetensors:1@1', 'no such file')):
+        with pytest.raises(SystemExit, match=message):
+            training_curve.main([bad, '--images', '1', '--out', str(out)])

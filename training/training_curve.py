@@ -9,7 +9,10 @@ fresh synthetic validation scenes (training/evaluate.py's inference and metrics)
 is the run's ``elapsed_s`` at that step (metrics.csv), or, for runs logged before that
 column existed, the checkpoint's modification time minus the run's start (``config.yaml``).
 ``RUN:STEP`` ends a stage at the checkpoint the next stage was initialised from; later
-stages start the clock where it stopped. Writes ``<out>.csv`` and ``<out>.png``.
+stages start the clock where it stopped. A stage whose run folder is gone can still be
+placed by its final weights alone: ``FILE.safetensors:STEPS@MINUTES`` (one point, that
+stage's step count and training time as recorded, e.g. in the model card).
+Writes ``<out>.csv`` and ``<out>.png``.
 """
 
 from __future__ import annotations
@@ -28,9 +31,22 @@ from tqdm import tqdm  # noqa: E402
 SCORES = ('pq', 'pq_things', 'pq_stuff', 'miou')  # the curve's columns, from evaluate_model
 
 
-def parse_stage(text: str) -> tuple[Path, int | None]:
-    path, _, last = text.partition(':')
-    return Path(path), int(last) if last else None
+def stage_points(text: str) -> tuple[Path, list[tuple[int, float, Path]]]:
+    """``(run or file, points)`` of one ``RUN[:STEP]`` or ``FILE.safetensors:STEPS@MINUTES``."""
+    spec, _, minutes = text.partition('@')
+    path, _, last = spec.partition(':')
+    path = Path(path)
+    if path.suffix == '.safetensors':
+        if not (last and minutes):
+            raise SystemExit(f'error: {text}: a weights file needs its stage length, '
+                             'FILE.safetensors:STEPS@MINUTES')
+        if not path.is_file():
+            raise SystemExit(f'error: {path}: no such file')
+        return path, [(int(last), float(minutes) * 60, path)]
+    if minutes:
+        raise SystemExit(f'error: {text}: @MINUTES is only for a weights file; a run folder '
+                         'has its own clock')
+    return path, checkpoint_times(path, int(last) if last else None)
 
 
 def checkpoint_times(run: Path, last: int | None) -> list[tuple[int, float, Path]]:
@@ -59,7 +75,9 @@ def checkpoint_times(run: Path, last: int | None) -> list[tuple[int, float, Path
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('stages', nargs='+', metavar='RUN[:STEP]',
-                        help='run folders in training order (optionally cut at STEP)')
+                        help='run folders in training order (optionally cut at STEP), or '
+                             'FILE.safetensors:STEPS@MINUTES for a stage known only by its '
+                             'final weights')
     parser.add_argument('--images', type=int, default=50, help='validation scenes per point')
     parser.add_argument('--seed', type=int, default=12345, help='validation seed')
     parser.add_argument('--out', required=True, help='output path without extension')
@@ -74,8 +92,7 @@ def main(argv=None) -> int:
     rows, offset, total_steps = [], 0.0, 0
     plan = []
     for index, text in enumerate(args.stages):
-        run, last = parse_stage(text)
-        points = checkpoint_times(run, last)
+        run, points = stage_points(text)
         plan += [(index, run, step, offset + seconds, total_steps + step, weights)
                  for step, seconds, weights in points]
         offset += points[-1][1]
