@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import sys
 from pathlib import Path
 
@@ -68,7 +69,20 @@ def test_a_stage_known_only_by_its_weights_file_is_one_point(tmp_path):
     # 90 minutes after the end of the first run.
     assert abs(float(rows[2]['hours']) - float(rows[1]['hours']) - 1.5) < 1e-5
 
-    for bad, message in ((str(weights), 'STEPS@MINUTES'), (f'{run}@5', 'only for a weights'),
+    # With --reuse the curve grows after the run folder is deleted: its recorded points stay.
+    kept = tmp_path / 'kept.safetensors'
+    kept.write_bytes(weights.read_bytes())
+    shutil.rmtree(run)
+    assert training_curve.main([str(run), f'{kept}:300@90', f'{kept}:100@30', '--images', '1',
+                                '--reuse', '--out', str(out)]) == 0
+    with out.with_suffix('.csv').open() as file:
+        grown = list(csv.DictReader(file))
+    assert [r['hours'] for r in grown[:2]] == [r['hours'] for r in rows[:2]]
+    assert [r['pq'] for r in grown[:2]] == [r['pq'] for r in rows[:2]]
+    assert [int(r['global_step']) for r in grown] == [1, 2, 302, 402]
+    assert abs(float(grown[3]['hours']) - float(rows[1]['hours']) - 2.0) < 1e-5
+
+    for bad, message in ((str(weights), 'STEPS@MINUTES'), (f'{tmp_path}@5', 'only for a weights'),
                          (f'{tmp_path}/gone.safetensors:1@1', 'no such file')):
         with pytest.raises(SystemExit, match=message):
             training_curve.main([bad, '--images', '1', '--out', str(out)])

@@ -31,8 +31,12 @@ from tqdm import tqdm  # noqa: E402
 SCORES = ('pq', 'pq_things', 'pq_stuff', 'miou')  # the curve's columns, from evaluate_model
 
 
-def stage_points(text: str) -> tuple[Path, list[tuple[int, float, Path]]]:
-    """``(run or file, points)`` of one ``RUN[:STEP]`` or ``FILE.safetensors:STEPS@MINUTES``."""
+def stage_points(text: str, previous: list[dict]) -> tuple[Path, list[tuple[int, float, Path]]]:
+    """``(run or file, points)`` of one ``RUN[:STEP]`` or ``FILE.safetensors:STEPS@MINUTES``.
+
+    A run folder that is gone but scored in ``previous`` (the ``--reuse`` CSV) keeps the
+    points and times recorded there, so a curve can grow after old run folders are deleted.
+    """
     spec, _, minutes = text.partition('@')
     path, _, last = spec.partition(':')
     path = Path(path)
@@ -46,7 +50,20 @@ def stage_points(text: str) -> tuple[Path, list[tuple[int, float, Path]]]:
     if minutes:
         raise SystemExit(f'error: {text}: @MINUTES is only for a weights file; a run folder '
                          'has its own clock')
-    return path, checkpoint_times(path, int(last) if last else None)
+    last = int(last) if last else None
+    if not path.is_dir() and any(row['run'] == str(path) for row in previous):
+        return path, recorded_times(path, last, previous)
+    return path, checkpoint_times(path, last)
+
+
+def recorded_times(run: Path, last: int | None, previous: list[dict]) -> list[tuple]:
+    """``(step, seconds since the run started, None)`` of a run's rows in an earlier curve."""
+    rows = [r for r in previous if r['run'] == str(run)]
+    stage = int(rows[0]['stage'])
+    before = [float(r['hours']) for r in previous if int(r['stage']) == stage - 1]
+    start = before[-1] if before else 0.0
+    return [(int(r['step']), (float(r['hours']) - start) * 3600, None)
+            for r in rows if last is None or int(r['step']) <= last]
 
 
 def checkpoint_times(run: Path, last: int | None) -> list[tuple[int, float, Path]]:
@@ -83,22 +100,25 @@ def main(argv=None) -> int:
     parser.add_argument('--out', required=True, help='output path without extension')
     parser.add_argument('--reuse', action='store_true',
                         help="keep the scores of checkpoints already in <out>.csv (same run and "
-                             "step) and evaluate only the new ones, e.g. after adding a stage")
+                             "step) and evaluate only the new ones, e.g. after adding a stage; "
+                             "runs whose folder is gone keep their recorded points")
     args = parser.parse_args(argv)
 
     from tokenmask_ros.model import load_checkpoint
     from training import evaluate
 
+    out = Path(args.out)
+    previous = previous_rows(out.with_suffix('.csv')) if args.reuse else []
+    known = {(row['run'], int(row['step'])): {k: float(row[k]) for k in SCORES}
+             for row in previous}
     rows, offset, total_steps = [], 0.0, 0
     plan = []
     for index, text in enumerate(args.stages):
-        run, points = stage_points(text)
+        run, points = stage_points(text, previous)
         plan += [(index, run, step, offset + seconds, total_steps + step, weights)
                  for step, seconds, weights in points]
         offset += points[-1][1]
         total_steps += points[-1][0]
-    out = Path(args.out)
-    known = previous_scores(out.with_suffix('.csv')) if args.reuse else {}
     datasets = {}
     for stage, run, step, seconds, global_step, weights in tqdm(plan, desc='checkpoints'):
         result = known.get((str(run), step))
@@ -123,14 +143,12 @@ def main(argv=None) -> int:
     return 0
 
 
-def previous_scores(path: Path) -> dict[tuple[str, int], dict[str, float]]:
-    """``{(run, step): scores}`` from an earlier curve CSV (empty when there is none)."""
+def previous_rows(path: Path) -> list[dict]:
+    """The rows of an earlier curve CSV (empty when there is none)."""
     if not path.is_file():
-        return {}
+        return []
     with path.open(newline='') as file:
-        return {(row['run'], int(row['step'])):
-                {k: float(row[k]) for k in SCORES}
-                for row in csv.DictReader(file)}
+        return list(csv.DictReader(file))
 
 
 def plot(path: Path, rows: list[dict], images: int) -> None:
