@@ -163,8 +163,9 @@ def plot(path: Path, rows: list[dict], images: int) -> None:
                        ('miou', 'mIoU')):
         axis.plot(hours, [r[key] for r in rows], marker='o', markersize=3, label=label)
     for stage in sorted({r['stage'] for r in rows})[1:]:
-        first = next(r for r in rows if r['stage'] == stage)
-        axis.axvline(first['hours'], color='grey', linestyle=':', linewidth=1)
+        # A stage starts where the one before it ended (its first point is a checkpoint later).
+        start = [r['hours'] for r in rows if r['stage'] < stage][-1]
+        axis.axvline(start, color='grey', linestyle=':', linewidth=1)
     axis.set_xlabel('training time (hours, 2-core CPU)')
     axis.set_ylabel(f'% on {images} synthetic val scenes')
     axis.grid(alpha=0.3)
