@@ -51,19 +51,22 @@ def stage_points(text: str, previous: list[dict]) -> tuple[Path, list[tuple[int,
         raise SystemExit(f'error: {text}: @MINUTES is only for a weights file; a run folder '
                          'has its own clock')
     last = int(last) if last else None
-    if not path.is_dir() and any(row['run'] == str(path) for row in previous):
-        return path, recorded_times(path, last, previous)
-    return path, checkpoint_times(path, last)
+    recorded = [] if path.is_dir() else recorded_times(path, last, previous)
+    return path, recorded or checkpoint_times(path, last)
 
 
-def recorded_times(run: Path, last: int | None, previous: list[dict]) -> list[tuple]:
-    """``(step, seconds since the run started, None)`` of a run's rows in an earlier curve."""
-    rows = [r for r in previous if r['run'] == str(run)]
+def recorded_times(run: Path, last: int | None,
+                   previous: list[dict]) -> list[tuple[int, float, None]]:
+    """``(step, seconds since the run started, None)`` of a run's rows in an earlier curve
+    (empty when it has none up to ``last``)."""
+    rows = [r for r in previous
+            if r['run'] == str(run) and (last is None or int(r['step']) <= last)]
+    if not rows:
+        return []
     stage = int(rows[0]['stage'])
     before = [float(r['hours']) for r in previous if int(r['stage']) == stage - 1]
     start = before[-1] if before else 0.0
-    return [(int(r['step']), (float(r['hours']) - start) * 3600, None)
-            for r in rows if last is None or int(r['step']) <= last]
+    return [(int(r['step']), (float(r['hours']) - start) * 3600, None) for r in rows]
 
 
 def checkpoint_times(run: Path, last: int | None) -> list[tuple[int, float, Path]]:
