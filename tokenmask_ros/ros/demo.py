@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
         nodes.append(source)
         executor.add_node(source)
 
-        start = time.monotonic()
+        start, steal_start = time.monotonic(), cpu_steal_s()
         quiet_since = [time.monotonic(), -1]
 
         def finished() -> bool:
@@ -131,7 +132,9 @@ def main(argv=None) -> int:
 
         completed = spin_until(executor, finished, args.timeout)
         wall = time.monotonic() - start
-        summary = summarize(args, source, segment, collector, wall, completed)
+        steal = cpu_steal_s()
+        stolen = steal - steal_start if steal is not None and steal_start is not None else None
+        summary = summarize(args, source, segment, collector, wall, completed, stolen)
         out = Path(args.output_dir)
         files = write_outputs(out, collector, args.rate)
         summary.append(('files', ', '.join(files)))
@@ -148,9 +151,22 @@ def main(argv=None) -> int:
         rclpy.try_shutdown()
 
 
+def cpu_steal_s() -> float | None:
+    """CPU time this (virtual) machine's hypervisor gave to others, summed over all CPUs.
+
+    Read from the ``steal`` column of ``/proc/stat`` (Linux); None where there is none. A
+    stall of the whole demo that shows up here was the host's, not ours.
+    """
+    try:
+        with open('/proc/stat') as stat:
+            fields = stat.readline().split()
+        return int(fields[8]) / os.sysconf('SC_CLK_TCK')
+    except (OSError, IndexError, ValueError):
+        return None
 
 
-def summarize(args, source, segment, collector, wall: float, completed: bool) -> list:
+def summarize(args, source, segment, collector, wall: float, completed: bool,
+              stolen_s: float | None = None) -> list:
     stats = segment.stats
     arrivals = sorted(collector.arrivals.items())
     latency = [(received - stamp) / 1e6 for stamp, (received, _) in arrivals]
@@ -176,6 +192,10 @@ def summarize(args, source, segment, collector, wall: float, completed: bool) ->
         ('model', segment.model_path.name),
         ('score threshold', segment.params['score_threshold']),
         ('streaming time (s)', f'{wall:.1f}' + ('' if completed else ' (timed out)')),
+        ('longest gap between camera frames (ms)',
+         f'{1e3 * source.longest_gap_s:.0f} (period {1e3 / args.rate:.0f})'),
+        ('CPU time stolen by the hypervisor (s)',
+         'n/a' if stolen_s is None else f'{stolen_s:.2f}'),
     ]
     return rows
 

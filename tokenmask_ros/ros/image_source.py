@@ -10,6 +10,7 @@ synthetic scene generator, at a fixed rate, with correct headers. Publishes
 from __future__ import annotations
 
 import sys
+import time
 
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -80,6 +81,8 @@ class ImageSourceNode(Node):
         self.compressed_pub = (self.create_publisher(CompressedImage, 'image/compressed', qos)
                                if p['publish_compressed'] else None)
         self.published = 0
+        self.longest_gap_s = 0.0  # longest time between two publishes: shows stalls
+        self._last_publish = None
         self.done = False
         self.timer = self.create_timer(1.0 / p['rate'], self._tick)
         self.get_logger().info(
@@ -114,6 +117,10 @@ class ImageSourceNode(Node):
             self.compressed_pub.publish(numpy_to_compressed(
                 pixels, self.encoding, self.compressed_format, self.jpeg_quality, msg.header))
         self.published += 1
+        now = time.monotonic()
+        if self._last_publish is not None:
+            self.longest_gap_s = max(self.longest_gap_s, now - self._last_publish)
+        self._last_publish = now
         if self.count and self.published >= self.count:
             self._finish(f'published {self.published} frame(s)')
 
