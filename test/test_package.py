@@ -76,3 +76,24 @@ def test_launch_file_builds_a_launch_description():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert isinstance(module.generate_launch_description(), LaunchDescription)
+
+
+def test_bundled_model_is_found_without_a_sourced_ros_environment():
+    """`tokenmask` and `training/` run from a plain shell, where AMENT_PREFIX_PATH is unset."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != 'AMENT_PREFIX_PATH'}
+    code = ('from tokenmask_ros.bundled import default_model_path, not_found_message\n'
+            'print(default_model_path())\n'
+            'print(not_found_message("checkpoint", "x/tokenmask_vit_tiny_synthetic.safetensors"))\n'
+            'print(not_found_message("checkpoint", "x/mine.safetensors"))\n')
+    result = subprocess.run([sys.executable, '-c', code], env=env, cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    found, hinted, plain = result.stdout.splitlines()
+    assert Path(found).is_file() and Path(found).parent.name == 'models'
+    assert hinted.startswith('checkpoint not found: x/tokenmask_vit_tiny_synthetic.safetensors')
+    assert f'the bundled model in this checkout is {found}' in hinted
+    assert plain == 'checkpoint not found: x/mine.safetensors'

@@ -8,6 +8,7 @@ as it lands, without a configuration change.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 PACKAGE = 'tokenmask_ros'
@@ -24,7 +25,8 @@ def model_dirs() -> list[Path]:
         from ament_index_python.packages import get_package_share_directory
 
         dirs.append(Path(get_package_share_directory(PACKAGE)) / 'models')
-    except (ImportError, LookupError):  # no ament_index_python / package not installed
+    except (ImportError, LookupError, OSError):  # no ament_index_python, no AMENT_PREFIX_PATH
+        # (ROS not sourced) or the package not installed
         pass
     dirs.append(SOURCE_MODELS_DIR)
     return dirs
@@ -39,3 +41,16 @@ def default_model_path() -> Path:
                 return folder / name
     raise FileNotFoundError(f'no bundled model ({", ".join(BUNDLED_MODELS)}) in '
                             f'{", ".join(str(d) for d in dirs)}; pass a model path')
+
+
+def not_found_message(what: str, path: str | Path) -> str:
+    """``'<what> not found: <path>'``, naming the bundled model when ``path`` is a bundled name.
+
+    The finished model's file name is in the docs (and in the issue that asks for it) before
+    the file itself exists, so a user typing it gets pointed at the preview that is here.
+    """
+    message = f'{what} not found: {path}'
+    if Path(path).name in BUNDLED_MODELS:
+        with contextlib.suppress(FileNotFoundError):
+            message += f' (the bundled model in this checkout is {default_model_path()})'
+    return message

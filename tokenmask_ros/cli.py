@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from tokenmask_ros import __version__
+from tokenmask_ros.bundled import not_found_message
 
 # The runtime's backend and precision names and the decoding defaults, written out here so
 # that building the parser (every command's --help, `synth`) does not import torch; a test
@@ -232,7 +233,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     except SourceError as error:
         return _error('predict', error, 2)
     if not Path(args.model).is_file():
-        return _error('predict', f'model file not found: {args.model}', 2)
+        return _error('predict', not_found_message('model file', args.model), 2)
 
     import cv2
     import numpy as np
@@ -345,7 +346,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _error('bench', '--repeats must be >= 1 and --warmup >= 0', 2)
     model = Path(args.model)
     if not model.is_file():
-        return _error('bench', f'model file not found: {model}', 2)
+        return _error('bench', not_found_message('model file', model), 2)
 
     import logging
 
@@ -423,7 +424,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
-        return _error('export', f'checkpoint not found: {checkpoint}', 2)
+        return _error('export', not_found_message('checkpoint', checkpoint), 2)
     if args.size is not None and (min(args.size) < 16 or any(s % 16 for s in args.size)):
         return _error('export', f'--size {args.size[0]} {args.size[1]}: height and width '
                       'must be positive multiples of 16 (the patch size)', 2)
@@ -472,7 +473,7 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     from tokenmask_ros.runtime.backends import BackendUnavailable, create_backend
 
     if not Path(args.model).is_file():
-        return _error('build-engine', f'model file not found: {args.model}', 2)
+        return _error('build-engine', not_found_message('model file', args.model), 2)
     try:
         backend = create_backend('tensorrt', args.model, device=args.device,
                                  precision=args.precision, cache_dir=args.cache_dir,

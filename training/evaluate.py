@@ -61,6 +61,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from torchvision.transforms.v2 import functional as TF  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from tokenmask_ros.bundled import not_found_message  # noqa: E402
 from tokenmask_ros.cli import parse_size  # noqa: E402
 from tokenmask_ros.coco_panoptic_io import categories_json, encode_panoptic, write_png  # noqa: E402
 from tokenmask_ros.model import CheckpointError, load_checkpoint, load_config  # noqa: E402
@@ -613,7 +614,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         raise EvaluationError('--instance needs a panoptic dataset: ADE20K SceneParsing has '
                               'no thing classes')
     if not args.checkpoint.is_file():
-        raise EvaluationError(f'checkpoint not found: {args.checkpoint}')
+        raise EvaluationError(not_found_message('checkpoint', args.checkpoint))
     try:
         config = load_config(args.checkpoint)
     except CheckpointError as error:
