@@ -13,6 +13,7 @@ from training.metrics import (
     InstanceMetrics,
     PanopticMetrics,
     SemanticMetrics,
+    segment_stats,
     target_panoptic,
 )
 
@@ -123,6 +124,65 @@ def test_panoptic_metric_accumulates_a_batch():
     # Person over both images: TP 3, FN 1 -> RQ 3 / 3.5; SQ 1 -> PQ 85.71.
     result = pq_of(torch.from_numpy(np.stack([GT, missed])), torch.from_numpy(np.stack([GT, GT])))
     assert result['per_class'][1]['pq'] == pytest.approx(100 * 3 / 3.5)
+
+
+def _perturbed_prediction(target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A prediction that differs from ``target`` in the ways real ones do."""
+    pred = target.copy()
+    segments = np.unique(target)
+    for segment in rng.choice(segments, size=min(4, len(segments)), replace=False):
+        region = target == segment
+        action = rng.integers(5)
+        if action == 0:      # wrong class, same instance id
+            pred[region] = (segment % 1000) + 1000 * int(rng.integers(0, 5))
+        elif action == 1:    # left unlabelled
+            pred[region] = -1
+        elif action == 2:    # shifted by a few pixels (partial overlap, IoU around 0.5)
+            pred[np.roll(region, int(rng.integers(1, 9)), axis=1)] = segment
+        elif action == 3:    # split into two instances
+            pred[region & (np.arange(target.shape[1]) % 2 == 0)[None]] = segment + 7
+        else:                # a class the metric does not know
+            pred[region] = 9000 + segment % 1000
+    blob = rng.integers(0, 40, size=2)
+    pred[blob[0]:blob[0] + 12, blob[1]:blob[1] + 12] = 2000 + int(rng.integers(1, 50))
+    return pred
+
+
+@pytest.mark.parametrize('count_void', [True, False])
+def test_segment_stats_equal_torchmetrics_panoptic_quality(count_void):
+    """The fast per-image counting sums the same states as torchmetrics' own update."""
+    from torchmetrics.detection import PanopticQuality
+
+    from tokenmask_ros.synthetic import SceneGenerator
+
+    scenes = SceneGenerator(height=48, width=64, seed=5)
+    rng = np.random.default_rng(0)
+    # Four classes: 0, 3 stuff; 1, 2 thing; ground truth also has unknown class 4 (void).
+    flags = [False, True, True, False]
+    metric = PanopticMetrics(flags, count_void_predictions=count_void)
+    reference = PanopticQuality(things=metric.things, stuffs=metric.metric_stuffs,
+                                allow_unknown_preds_category=True)
+    for index in range(25):
+        scene = scenes.scene(index)
+        target = np.full(scene.panoptic.shape, -1, np.int64)
+        for index, segment in enumerate(np.unique(scene.panoptic)):
+            category = int(rng.integers(0, 5))
+            target[scene.panoptic == segment] = category * 1000 + index
+        pred = _perturbed_prediction(target, rng)
+        pairs = [metric._pairs(torch.as_tensor(x), void) for x, void in
+                 ((pred, metric.void_category if count_void else 99), (target, 99))]
+        ours = segment_stats(pairs[0].reshape(-1, 2).numpy(), pairs[1].reshape(-1, 2).numpy(),
+                             metric.things, metric.metric_stuffs)
+        reference.reset()
+        reference.update(pairs[0][None], pairs[1][None])
+        np.testing.assert_allclose(ours[0], reference.iou_sum.numpy(), rtol=0, atol=1e-12)
+        for value, state in zip(ours[1:], ('true_positives', 'false_positives',
+                                           'false_negatives'), strict=True):
+            np.testing.assert_array_equal(value, getattr(reference, state).numpy())
+        metric.update(pred, target)
+    assert int(metric.metric.true_positives.sum()) > 0
+    assert int(metric.metric.false_positives.sum()) > 0
+    assert int(metric.metric.false_negatives.sum()) > 0
 
 
 def test_miou_with_void_predictions_and_ignored_targets():

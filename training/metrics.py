@@ -101,6 +101,79 @@ def target_panoptic(target: dict, is_thing, label_divisor: int = LABEL_DIVISOR) 
     return panoptic
 
 
+PQ_STATES = ('iou_sum', 'true_positives', 'false_positives', 'false_negatives')
+
+
+def segment_stats(pred: np.ndarray, target: np.ndarray, things: Sequence[int],
+                  stuffs: Sequence[int]) -> tuple[np.ndarray, ...]:
+    """One image's PQ states, exactly as torchmetrics' ``PanopticQuality.update`` sums them.
+
+    ``pred`` and ``target`` are ``[N, 2]`` int arrays of ``(category, instance)`` pixels.
+    Returns ``iou_sum, tp, fp, fn`` per category in the metric's order (things, then
+    stuff, each sorted). Same rules as torchmetrics 1.9: stuff instance ids ignored,
+    categories outside ``things + stuffs`` become void, a same-category pair with IoU > 0.5
+    (void pixels left out of the union) is a match, and an unmatched segment more than
+    half on the other side's void is neither FP nor FN.
+
+    Written here because torchmetrics finds segments and overlaps with
+    ``torch.unique(dim=0)`` over every pixel row, about 0.3 s per 320x240 image on a CPU
+    core (hours for a COCO val pass); one ``np.unique`` over integer-coded pairs does the
+    same counting in milliseconds. The test suite checks it against torchmetrics.
+    """
+    categories = np.asarray([*sorted(things), *sorted(stuffs)], np.int64)
+    void_category = 1 + max(0, *categories)
+    is_stuff = np.zeros(void_category + 1, bool)
+    is_stuff[list(stuffs)] = True
+    index_of = np.full(void_category + 1, -1, np.int64)
+    index_of[categories] = np.arange(len(categories))
+
+    def colors(pairs: np.ndarray) -> np.ndarray:
+        category = pairs[:, 0].astype(np.int64)
+        instance = pairs[:, 1].astype(np.int64)
+        known = (category >= 0) & (category < void_category)
+        known[known] = index_of[category[known]] >= 0
+        category = np.where(known, category, void_category)
+        instance = np.where(known & ~is_stuff[category], instance, 0)
+        return category, instance
+
+    (pred_cat, pred_inst), (true_cat, true_inst) = colors(pred), colors(target)
+    span = 1 + int(max(pred_inst.max(initial=0), true_inst.max(initial=0)))
+    pred_ids, pred_of_pixel, pred_area = np.unique(pred_cat * span + pred_inst,
+                                                   return_inverse=True, return_counts=True)
+    true_ids, true_of_pixel, true_area = np.unique(true_cat * span + true_inst,
+                                                   return_inverse=True, return_counts=True)
+    pairs, overlap = np.unique(pred_of_pixel.ravel() * len(true_ids) + true_of_pixel.ravel(),
+                               return_counts=True)
+    pred_seg, true_seg = np.divmod(pairs, len(true_ids))
+    pred_seg_cat, true_seg_cat = pred_ids // span, true_ids // span
+    pred_void, true_void = pred_seg_cat == void_category, true_seg_cat == void_category
+    # Pixels of each predicted segment on target void, and of each target on predicted void.
+    pred_on_void = np.bincount(pred_seg[true_void[true_seg]],
+                               overlap[true_void[true_seg]], len(pred_ids))
+    true_on_void = np.bincount(true_seg[pred_void[pred_seg]],
+                               overlap[pred_void[pred_seg]], len(true_ids))
+
+    candidate = ~true_void[true_seg] & (pred_seg_cat[pred_seg] == true_seg_cat[true_seg])
+    p, t, inter = pred_seg[candidate], true_seg[candidate], overlap[candidate]
+    union = pred_area[p] - pred_on_void[p] + true_area[t] - true_on_void[t] - inter
+    iou = (inter / union).astype(np.float32)  # torchmetrics divides int tensors: float32
+    match = iou > 0.5
+    matched_pred = np.zeros(len(pred_ids), bool)
+    matched_pred[p[match]] = True
+    matched_true = np.zeros(len(true_ids), bool)
+    matched_true[t[match]] = True
+
+    count = len(categories)
+    iou_sum = np.zeros(count, np.float64)
+    np.add.at(iou_sum, index_of[true_seg_cat[t[match]]], iou[match].astype(np.float64))
+    tp = np.bincount(index_of[true_seg_cat[t[match]]], minlength=count)
+    false_neg = ~matched_true & ~true_void & (true_on_void / true_area <= 0.5)
+    false_pos = ~matched_pred & ~pred_void & (pred_on_void / pred_area <= 0.5)
+    fn = np.bincount(index_of[true_seg_cat[false_neg]], minlength=count)
+    fp = np.bincount(index_of[pred_seg_cat[false_pos]], minlength=count)
+    return iou_sum, tp.astype(np.int32), fp.astype(np.int32), fn.astype(np.int32)
+
+
 class PanopticMetrics:
     """PQ / SQ / RQ overall, for things, for stuff and per class (torchmetrics PanopticQuality).
 
@@ -121,8 +194,11 @@ class PanopticMetrics:
         # Category of predicted VOID: a stuff class no target has (see the module docstring).
         self.void_category = self.num_classes
         stuffs = [*self.stuffs, self.void_category] if count_void_predictions else self.stuffs
+        # The metric holds the summed states (and syncs them across processes); ``update``
+        # fills them through :func:`segment_stats`, which follows its rules exactly.
         self.metric = PanopticQuality(things=self.things, stuffs=stuffs,
                                       allow_unknown_preds_category=not count_void_predictions)
+        self.metric_stuffs = stuffs
         # torchmetrics' internal order of categories: things, then stuff, each sorted.
         self.categories = [*self.things, *stuffs]
 
@@ -147,8 +223,12 @@ class PanopticMetrics:
             if pred.shape != target.shape:
                 raise ValueError(f'prediction {tuple(pred.shape)} and target '
                                  f'{tuple(target.shape)} differ in size')
-            self.metric.update(self._pairs(pred, pred_void)[None],
-                               self._pairs(target.to(pred.device), target_void)[None])
+            stats = segment_stats(self._pairs(pred, pred_void).reshape(-1, 2).cpu().numpy(),
+                                  self._pairs(target, target_void).reshape(-1, 2).cpu().numpy(),
+                                  self.things, self.metric_stuffs)
+            for state, value in zip(PQ_STATES, stats, strict=True):
+                current = getattr(self.metric, state)
+                current += torch.from_numpy(value).to(current.device, current.dtype)
 
     def reset(self) -> None:
         self.metric.reset()

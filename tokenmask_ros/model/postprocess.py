@@ -383,9 +383,13 @@ def decode_instances(class_logits: Tensor, mask_logits: Tensor,
             labels, queries, top = labels[thing], queries[thing], top_probs[b][thing]
         else:
             top = top_probs[b]
-        logits = mask_logits[b, queries]
+        # Once per distinct query, not per (query, class) pair: with fewer queries than
+        # top_k, one query holds several of the pairs.
+        distinct, pair_query = queries.unique(return_inverse=True)
+        logits = mask_logits[b, distinct]
         masks = logits > 0
         inside = (logits.sigmoid() * masks).flatten(1).sum(1)
         mask_score = inside / masks.flatten(1).sum(1).clamp(min=1)
-        results.append(Instances(masks, top * mask_score, labels, queries))
+        results.append(Instances(masks[pair_query], top * mask_score[pair_query], labels,
+                                 queries))
     return results
