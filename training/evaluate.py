@@ -24,10 +24,12 @@ post-processing"):
         --ade20k-semantic ADEChallengeData2016
 
 Metrics (torchmetrics, wrapped by :mod:`training.metrics`): PQ / SQ / RQ overall, for things
-and for stuff, per class; mIoU (MulticlassJaccardIndex, 255 ignored); mask AP, AP50, AP75,
-AP small / medium / large and per-class AP (MeanAveragePrecision(iou_type='segm'),
-pycocotools backend) on thing classes, ``-1`` where COCO has nothing to average (as
-pycocotools reports it). ADE20K SceneParsing is a semantic benchmark: mIoU only.
+and for stuff, per class (PanopticQuality's rules and states, its per-image counting done
+with NumPy by :func:`training.metrics.segment_stats`, which is much faster); mIoU
+(MulticlassJaccardIndex, 255 ignored); mask AP, AP50, AP75, AP small / medium / large and
+per-class AP (MeanAveragePrecision(iou_type='segm'), pycocotools backend) on thing classes,
+``-1`` where COCO has nothing to average (as pycocotools reports it). ADE20K SceneParsing is
+a semantic benchmark: mIoU only.
 
 Writes into ``--out`` (default ``eval_results/``): ``metrics.json``; for panoptic datasets
 the predictions in COCO-panoptic format (``panoptic/<image>.png``, segment id = R + 256 G +

@@ -2,14 +2,15 @@
 
 All results are percentages (PQ 100 = perfect), as papers report them.
 
-**PanopticQuality (torchmetrics 1.9)** takes ``preds`` and ``target`` as int tensors
-``[B, *spatial, 2]`` of ``(category_id, instance_id)`` pairs, plus the sets ``things`` and
-``stuffs`` of category ids. Instance ids of stuff categories are zeroed; target pixels whose
-category is in neither set become its internal *void* colour ``(1 + max id, 0)`` and are
-ignored the way panopticapi ignores VOID (a prediction more than half on void is no false
-positive; void pixels leave the IoU union). A prediction category in neither set raises
-unless ``allow_unknown_preds_category=True``, which turns it into void as well. Two
-consequences this wrapper corrects:
+**PanopticQuality (torchmetrics 1.9)** holds the PQ states; :func:`segment_stats` fills them
+per image by its exact rules (its own counting is slow on CPU, see there). It takes
+``preds`` and ``target`` as int tensors ``[B, *spatial, 2]`` of ``(category_id,
+instance_id)`` pairs, plus the sets ``things`` and ``stuffs`` of category ids. Instance ids
+of stuff categories are zeroed; target pixels whose category is in neither set become its
+internal *void* colour ``(1 + max id, 0)`` and are ignored the way panopticapi ignores VOID
+(a prediction more than half on void is no false positive; void pixels leave the IoU union).
+A prediction category in neither set raises unless ``allow_unknown_preds_category=True``,
+which turns it into void as well. Two consequences this wrapper corrects:
 
 * Predicted void is *not* neutral in panopticapi (a ground-truth segment the model left
   unlabelled is a false negative and its unlabelled pixels count in the union), but
