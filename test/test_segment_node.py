@@ -484,6 +484,7 @@ def test_demo_runs_end_to_end_and_reports_every_row(tmp_path):
     assert 1 <= segmented == len(list(out.glob('overlay_*.png')))
     gap_ms, period = rows['longest gap between camera frames (ms)'].split(' (period ')
     assert period == '250)' and int(gap_ms) >= 200  # a 4 Hz camera cannot publish faster
+    assert float(rows['demo process CPU time (s)'].split()[0]) > 0
     stolen = rows['CPU time stolen by the hypervisor (s)']
     assert stolen == 'n/a' or float(stolen) >= 0.0
     assert (out / 'contact_sheet.png').is_file()

@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -77,6 +77,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--score-threshold', type=float, default=None,
                         help='segment score threshold (default: the node default, 0.8)')
     parser.add_argument('--seed', type=int, default=0, help='synthetic scene seed')
+    parser.add_argument('--executor', choices=('single', 'multi'), default='multi',
+                        help='rclpy executor for the three nodes (inference runs in the '
+                             "node's own worker thread either way)")
     parser.add_argument('--timeout', type=float, default=600.0,
                         help='give up after this many seconds of streaming')
     args = parser.parse_args(argv)
@@ -92,7 +95,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     rclpy.init()
-    executor = MultiThreadedExecutor(num_threads=3)
+    executor = (SingleThreadedExecutor() if args.executor == 'single'
+                else MultiThreadedExecutor(num_threads=3))
     nodes = []
     try:
         segment_params = [Parameter('model', value=args.model),
@@ -119,7 +123,7 @@ def main(argv=None) -> int:
         nodes.append(source)
         executor.add_node(source)
 
-        start, steal_start = time.monotonic(), cpu_steal_s()
+        start, cpu_start, steal_start = time.monotonic(), time.process_time(), cpu_steal_s()
         quiet_since = [time.monotonic(), -1]
 
         def finished() -> bool:
@@ -131,10 +135,10 @@ def main(argv=None) -> int:
                     and len(collector.arrivals) >= segment.stats.processed)
 
         completed = spin_until(executor, finished, args.timeout)
-        wall = time.monotonic() - start
+        wall, cpu = time.monotonic() - start, time.process_time() - cpu_start
         steal = cpu_steal_s()
         stolen = steal - steal_start if steal is not None and steal_start is not None else None
-        summary = summarize(args, source, segment, collector, wall, completed, stolen)
+        summary = summarize(args, source, segment, collector, wall, completed, cpu, stolen)
         out = Path(args.output_dir)
         files = write_outputs(out, collector, args.rate)
         summary.append(('files', ', '.join(files)))
@@ -166,7 +170,7 @@ def cpu_steal_s() -> float | None:
 
 
 def summarize(args, source, segment, collector, wall: float, completed: bool,
-              stolen_s: float | None = None) -> list:
+              cpu_s: float = float('nan'), stolen_s: float | None = None) -> list:
     stats = segment.stats
     arrivals = sorted(collector.arrivals.items())
     latency = [(received - stamp) / 1e6 for stamp, (received, _) in arrivals]
@@ -192,6 +196,7 @@ def summarize(args, source, segment, collector, wall: float, completed: bool,
         ('model', segment.model_path.name),
         ('score threshold', segment.params['score_threshold']),
         ('streaming time (s)', f'{wall:.1f}' + ('' if completed else ' (timed out)')),
+        ('demo process CPU time (s)', f'{cpu_s:.1f} ({args.executor}-threaded executor)'),
         ('longest gap between camera frames (ms)',
          f'{1e3 * source.longest_gap_s:.0f} (period {1e3 / args.rate:.0f})'),
         ('CPU time stolen by the hypervisor (s)',
