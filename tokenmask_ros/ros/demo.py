@@ -1,6 +1,6 @@
 """``make demo``: synthetic camera -> segment_node -> overlays, a video and a latency table.
 
-One process, one MultiThreadedExecutor, three nodes talking over real DDS topics:
+One process, one single-threaded executor, three nodes talking over real DDS topics:
 ``image_source`` (synthetic scenes, the :class:`ImageSourceNode` class itself),
 ``segment_node`` (:class:`SegmentNode`, the bundled model unless ``--model``) and a collector
 that subscribes to the overlay and the detections. After ``--frames`` frames it writes into
@@ -77,9 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--score-threshold', type=float, default=None,
                         help='segment score threshold (default: the node default, 0.8)')
     parser.add_argument('--seed', type=int, default=0, help='synthetic scene seed')
-    parser.add_argument('--executor', choices=('single', 'multi'), default='multi',
+    parser.add_argument('--executor', choices=('single', 'multi'), default='single',
                         help='rclpy executor for the three nodes (inference runs in the '
-                             "node's own worker thread either way)")
+                             "node's own worker thread either way); rclpy's multi-threaded "
+                             'one delays the camera timer by up to a second on 2 cores')
     parser.add_argument('--timeout', type=float, default=600.0,
                         help='give up after this many seconds of streaming')
     args = parser.parse_args(argv)

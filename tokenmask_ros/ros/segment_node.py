@@ -39,7 +39,7 @@ from rcl_interfaces.msg import (
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSPolicyKind, qos_policy_name_from_kind
 from rclpy.signals import SignalHandlerOptions
@@ -537,7 +537,7 @@ def main(args=None) -> int:
     # block stop the worker first, then tear down executor, node and context in order.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = None
-    executor = MultiThreadedExecutor(num_threads=2)
+    executor = SingleThreadedExecutor()
     try:
         node = SegmentNode()
         executor.add_node(node)
