@@ -491,6 +491,26 @@ def test_demo_runs_end_to_end_and_reports_every_row(tmp_path):
     assert {p.name for p in out.glob('overlay.*')} & {'overlay.mp4', 'overlay.avi'}
 
 
+def test_node_benchmark_compares_the_node_with_the_bare_segmenter(tmp_path):
+    """training/node_benchmark.py end to end: three processes, a report and per-frame CSV."""
+    import csv
+    import sys
+
+    from conftest import run_command
+
+    result = run_command([sys.executable, 'training/node_benchmark.py', '--frames', '4',
+                          '--warmup', '1', '--backend', 'torch', '--out', str(tmp_path)],
+                         timeout=300, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = (tmp_path / 'node_benchmark.md').read_text()
+    assert 'node overhead:' in report and 'camera rate' in report
+    rows = list(csv.DictReader((tmp_path / 'node_benchmark.csv').read_text().splitlines()))
+    assert [int(r['frame']) for r in rows] == [1, 2, 3, 4]
+    assert all(float(r['direct_pass1_ms']) > 0 and float(r['direct_pass2_ms']) > 0
+               for r in rows)
+    assert any(r['node_ms'] and float(r['node_ms']) > 0 for r in rows)
+
+
 # --- launch files and rviz config ----------------------------------------------------
 
 LAUNCH_FILES = ('segment.launch.py', 'two_cameras.launch.py')
