@@ -165,9 +165,9 @@ def test_segment_stats_equal_torchmetrics_panoptic_quality(count_void):
     for index in range(25):
         scene = scenes.scene(index)
         target = np.full(scene.panoptic.shape, -1, np.int64)
-        for index, segment in enumerate(np.unique(scene.panoptic)):
+        for number, segment in enumerate(np.unique(scene.panoptic)):
             category = int(rng.integers(0, 5))
-            target[scene.panoptic == segment] = category * 1000 + index
+            target[scene.panoptic == segment] = category * 1000 + number
         pred = _perturbed_prediction(target, rng)
         pairs = [metric._pairs(torch.as_tensor(x), void) for x, void in
                  ((pred, metric.void_category if count_void else 99), (target, 99))]
