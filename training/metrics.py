@@ -47,8 +47,6 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torchmetrics.classification import MulticlassJaccardIndex
-from torchmetrics.detection import MeanAveragePrecision, PanopticQuality
 
 from tokenmask_ros.model.postprocess import (
     LABEL_DIVISOR,
@@ -57,6 +55,10 @@ from tokenmask_ros.model.postprocess import (
     Prediction,
     thing_flags,
 )
+
+# torchmetrics is imported where each metric is built, not here: importing it loads its text
+# metrics and with them transformers, seconds that every script importing this module (and
+# its --help) would otherwise pay before doing anything.
 
 IGNORE_INDEX = 255
 # MeanAveragePrecision's result keys and the names InstanceMetrics reports them under.
@@ -198,6 +200,8 @@ class PanopticMetrics:
         stuffs = [*self.stuffs, self.void_category] if count_void_predictions else self.stuffs
         # The metric holds the summed states (and syncs them across processes); ``update``
         # fills them through :func:`segment_stats`, which follows its rules exactly.
+        from torchmetrics.detection import PanopticQuality  # lazy: see the note at the imports
+
         self.metric = PanopticQuality(things=self.things, stuffs=stuffs,
                                       allow_unknown_preds_category=not count_void_predictions)
         self.metric_stuffs = stuffs
@@ -277,6 +281,8 @@ class SemanticMetrics:
     def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
+        from torchmetrics.classification import MulticlassJaccardIndex  # lazy, as above
+
         # One extra column for void predictions: a miss for the target class, no class itself.
         self.metric = MulticlassJaccardIndex(num_classes + 1, ignore_index=ignore_index,
                                              average='none', validate_args=False)
@@ -347,6 +353,8 @@ class InstanceMetrics:
     """
 
     def __init__(self, is_thing=None, class_metrics: bool = False):
+        from torchmetrics.detection import MeanAveragePrecision  # lazy, as above
+
         self.is_thing = is_thing
         self.metric = MeanAveragePrecision(iou_type='segm', backend='pycocotools',
                                            class_metrics=class_metrics)
