@@ -204,10 +204,12 @@ def main(argv=None) -> int:
     with Segmenter(model, args.backend) as segmenter:
         backend = segmenter.backend.describe()
         back_to_back = direct_pass(segmenter, images, args.warmup)
-        period = max(args.headroom * stats(back_to_back)['p90'] / 1e3, 1 / 30)
+        sizing = stats(back_to_back)
+        period = max(args.headroom * sizing['p90'] / 1e3, 1 / 30)
         direct_a = direct_pass(segmenter, images, args.warmup, period)
-    print(f'direct pass 1 at {1 / period:.2f} Hz: median {stats(direct_a)["median"]:.1f} ms, '
-          f'p90 {stats(direct_a)["p90"]:.1f} ms (back to back {stats(back_to_back)["median"]:.1f}'
+    first = stats(direct_a)
+    print(f'direct pass 1 at {1 / period:.2f} Hz: median {first["median"]:.1f} ms, '
+          f'p90 {first["p90"]:.1f} ms (back to back {sizing["median"]:.1f}'
           ' ms); node pass ...', flush=True)
     with tempfile.TemporaryDirectory(prefix='node_benchmark_') as folder:
         write_frames(images, Path(folder))
@@ -221,7 +223,7 @@ def main(argv=None) -> int:
     inside = {'median': info['segmenter_p50'], 'p90': float('nan'), 'mean': float('nan')}
     in_node = {'median': info['in_node_p50'], 'p90': float('nan'), 'mean': float('nan')}
     rows = [
-        ('direct Segmenter call, back to back (sizes the camera period)', stats(back_to_back)),
+        ('direct Segmenter call, back to back (sizes the camera period)', sizing),
         ('direct Segmenter call at the camera rate (this process, before + after the node '
          'run)', direct),
         ('Segmenter call inside the node (its /diagnostics, same time window)', inside),
