@@ -39,11 +39,11 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     """Write synthetic scenes as PNG images (and, with --preview, ground-truth overlays)."""
-    import cv2
     import numpy as np
     from tqdm import tqdm
 
     from tokenmask_ros import viz
+    from tokenmask_ros.image_io import write_rgb
     from tokenmask_ros.synthetic import SYNTHETIC_CLASSES, SceneGenerator
 
     width, height = args.size
@@ -54,11 +54,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
     for index in tqdm(range(args.count), desc='synth', unit='scene', disable=args.quiet):
         scene = generator.scene(index)
         name = f'scene_{index:05d}'
-        cv2.imwrite(str(out / f'{name}.png'), cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR))
+        write_rgb(out / f'{name}.png', scene.image)
         if args.preview:
             colored = viz.colorize_panoptic(scene.panoptic, class_colors)
             preview = np.hstack([scene.image, viz.overlay(scene.image, colored, 0.6)])
-            cv2.imwrite(str(out / f'{name}_preview.png'), cv2.cvtColor(preview, cv2.COLOR_RGB2BGR))
+            write_rgb(out / f'{name}_preview.png', preview)
     if not args.quiet:
         print(f'wrote {args.count} scene(s) of {width}x{height} to {out}')
     return 0
@@ -235,12 +235,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not Path(args.model).is_file():
         return _error('predict', not_found_message('model file', args.model), 2)
 
-    import cv2
     import numpy as np
     from tqdm import tqdm
 
     from tokenmask_ros import viz
     from tokenmask_ros.coco_panoptic_io import PanopticWriter, categories_json
+    from tokenmask_ros.image_io import write_rgb
     from tokenmask_ros.model import CheckpointError
     from tokenmask_ros.runtime import BackendUnavailable, InputError, Segmenter
 
@@ -277,10 +277,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     colored = viz.colorize_panoptic(prediction.panoptic, colors,
                                                     args.label_divisor)
                     blended = viz.overlay(rgb, colored, 0.5)
-                    path = out / 'overlay' / f'{name}.jpg'
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    if not cv2.imwrite(str(path), cv2.cvtColor(blended, cv2.COLOR_RGB2BGR)):
-                        raise OSError(f'cannot write {path}')
+                    write_rgb(out / 'overlay' / f'{name}.jpg', blended)
                 progress.update()
         if not timings:
             raise SourceError('the inputs hold no frames (empty videos?)')

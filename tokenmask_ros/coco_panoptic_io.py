@@ -21,9 +21,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from tokenmask_ros.image_io import write_rgb
 from tokenmask_ros.model.postprocess import LABEL_DIVISOR, segment_areas_and_boxes
 
 VOID_ID = 0
@@ -81,11 +81,7 @@ def encode_panoptic(panoptic: np.ndarray, category_ids: Sequence[int],
 
 def write_png(path: str | Path, file_ids: np.ndarray) -> Path:
     """Write file segment ids as a COCO-panoptic RGB PNG (OSError when it cannot)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), id2rgb(file_ids)[..., ::-1]):
-        raise OSError(f'cannot write {path}')
-    return path
+    return write_rgb(path, id2rgb(file_ids))
 
 
 def categories_json(names: Sequence[str], is_thing: Sequence[bool],

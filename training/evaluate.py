@@ -66,6 +66,7 @@ from tqdm import tqdm  # noqa: E402
 from tokenmask_ros.bundled import not_found_message  # noqa: E402
 from tokenmask_ros.cli import parse_size  # noqa: E402
 from tokenmask_ros.coco_panoptic_io import categories_json, encode_panoptic, write_png  # noqa: E402
+from tokenmask_ros.image_io import write_bgr, write_rgb  # noqa: E402
 from tokenmask_ros.model import CheckpointError, load_checkpoint, load_config  # noqa: E402
 from tokenmask_ros.model.postprocess import (  # noqa: E402
     LABEL_DIVISOR,
@@ -508,20 +509,14 @@ def save_grid(path: Path, rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
               for t in ('image', 'ground truth', 'prediction')]
     gap = np.full((header[0].shape[0], 4, 3), 255, np.uint8)
     grid = np.vstack([np.hstack([header[0], gap, header[1], gap, header[2]]), *lines[:-1]])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), grid[..., ::-1]):
-        raise OSError(f'cannot write {path}')
-    return path
+    return write_rgb(path, grid)
 
 
 def write_semantic_png(path: Path, semantic: np.ndarray) -> Path:
     """A class map as an ADE20K-style PNG: class + 1 (0 = none); uint8, uint16 past 254."""
     values = np.asarray(semantic).astype(np.int64) + 1
     values = values.astype(np.uint8 if values.max(initial=0) <= 255 else np.uint16)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), values):
-        raise OSError(f'cannot write {path}')
-    return path
+    return write_bgr(path, values)  # one channel: no colour order to convert
 
 
 def semantic_as_panoptic(semantic, label_divisor: int = LABEL_DIVISOR) -> np.ndarray:

@@ -79,10 +79,10 @@ def direct_pass(segmenter, images: list[np.ndarray], warmup: int,
 
 def write_frames(images: list[np.ndarray], folder: Path) -> None:
     """The frames as lossless PNGs, for image_source to replay (``source:=<folder>``)."""
-    import cv2
+    from tokenmask_ros.image_io import write_rgb
 
     for index, image in enumerate(images):
-        cv2.imwrite(str(folder / f'frame_{index:04d}.png'), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        write_rgb(folder / f'frame_{index:04d}.png', image)
 
 
 def node_pass(args, period_s: float, folder: Path) -> tuple[list[float], dict]:

@@ -31,6 +31,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection2DArray
 
+from tokenmask_ros.image_io import write_bgr, write_rgb
 from tokenmask_ros.ros.conversions import image_to_numpy
 from tokenmask_ros.ros.image_source import ImageSourceNode
 from tokenmask_ros.ros.processes import spin_until
@@ -223,10 +224,9 @@ def write_outputs(out: Path, collector: Collector, rate: float) -> list[str]:
         return []
     bgr = [cv2.cvtColor(frame, cv2.COLOR_RGB2BGR) for frame in frames]
     for index, image in enumerate(bgr):
-        cv2.imwrite(str(out / f'overlay_{index:04d}.png'), image)
+        write_bgr(out / f'overlay_{index:04d}.png', image)
     video = write_video(out, bgr, rate)
-    sheet = contact_sheet(frames)
-    cv2.imwrite(str(out / 'contact_sheet.png'), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    write_rgb(out / 'contact_sheet.png', contact_sheet(frames))
     return [f'{len(frames)} x overlay_NNNN.png', video.name, 'contact_sheet.png', 'summary.md']
 
 

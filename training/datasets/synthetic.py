@@ -21,11 +21,11 @@ import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
-from tokenmask_ros.coco_panoptic_io import id2rgb
+from tokenmask_ros.coco_panoptic_io import write_png
+from tokenmask_ros.image_io import write_rgb
 from tokenmask_ros.synthetic import LABEL_DIVISOR, SYNTHETIC_CLASSES, SceneGenerator
 from training.datasets.coco_panoptic import CocoPanoptic
 from training.datasets.common import make_sample
@@ -85,12 +85,8 @@ def write_split(root: str | Path, split: str, count: int, width: int, height: in
         name = f'scene_{index:05d}'
         image_name, png_name = f'{name}.{image_format}', f'{name}.png'
         ids, info = coco_segments(scene)
-        bgr = cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR)
-        params = [cv2.IMWRITE_JPEG_QUALITY, 95] if image_format == 'jpg' else []
-        if not cv2.imwrite(str(images_dir / image_name), bgr, params):
-            raise OSError(f'cannot write {images_dir / image_name}')
-        if not cv2.imwrite(str(panoptic_dir / png_name), id2rgb(ids)[..., ::-1]):
-            raise OSError(f'cannot write {panoptic_dir / png_name}')
+        write_rgb(images_dir / image_name, scene.image, jpeg_quality=95)
+        write_png(panoptic_dir / png_name, ids)
         images.append({'id': index, 'file_name': image_name, 'width': width, 'height': height})
         annotations.append({'image_id': index, 'file_name': png_name, 'segments_info': info})
     data = {
