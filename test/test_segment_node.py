@@ -56,7 +56,7 @@ RELIABLE = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
 BEST_EFFORT = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
-LOW_THRESHOLD = 0.3  # the preview model's thing scores are low; 0.3 makes it find segments
+LOW_THRESHOLD = 0.3  # the bundled model's thing scores are often low; 0.3 finds more segments
 SCENES = SceneGenerator(height=120, width=160, seed=3)
 OUTPUTS = ('panoptic', 'semantic', 'overlay', 'detections')
 

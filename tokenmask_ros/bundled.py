@@ -1,9 +1,9 @@
 """Where the bundled checkpoints live, and which one is the default.
 
 Installed packages keep them in ``share/tokenmask_ros/models`` (found through the ament
-index); a source checkout keeps them in ``models/``. The finished synthetic model wins over
-the CPU preview whenever it is present, so nodes, demos and benchmarks pick it up as soon
-as it lands, without a configuration change.
+index); a source checkout keeps them in ``models/``. The names are tried in order, so a
+better model added ahead of the synthetic one becomes the default of nodes, demos and
+benchmarks without a configuration change.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from pathlib import Path
 
 PACKAGE = 'tokenmask_ros'
 # Preferred first.
-BUNDLED_MODELS = ('tokenmask_vit_tiny_synthetic.safetensors',
-                  'tokenmask_vit_tiny_synthetic_cpu_preview.safetensors')
+BUNDLED_MODELS = ('tokenmask_vit_tiny_synthetic.safetensors',)
 SOURCE_MODELS_DIR = Path(__file__).resolve().parents[1] / 'models'
 
 
@@ -46,8 +45,8 @@ def default_model_path() -> Path:
 def not_found_message(what: str, path: str | Path) -> str:
     """``'<what> not found: <path>'``, naming the bundled model when ``path`` is a bundled name.
 
-    The finished model's file name is in the docs (and in the issue that asks for it) before
-    the file itself exists, so a user typing it gets pointed at the preview that is here.
+    A user who types the documented file name from the wrong folder gets pointed at the
+    copy that is installed.
     """
     message = f'{what} not found: {path}'
     if Path(path).name in BUNDLED_MODELS:
