@@ -56,7 +56,7 @@ def test_parameter_file_matches_the_node_defaults(ros_node):
 
 
 def test_model_and_runtime_packages_do_not_import_ros():
-    """`model/` and `runtime/` must work on machines without ROS (DESIGN.md section 1)."""
+    """`model/` and `runtime/` must work on machines without ROS (docs/architecture.md, "Layers")."""
     offenders = []
     for folder in ('model', 'runtime'):
         for path in (REPO_ROOT / 'tokenmask_ros' / folder).rglob('*.py'):

@@ -13,16 +13,13 @@ from pathlib import Path
 
 from tokenmask_ros import __version__
 from tokenmask_ros.bundled import not_found_message
-
-# The runtime's backend and precision names and the decoding defaults, written out here so
-# that building the parser (every command's --help, `synth`) does not import torch; a test
-# checks that they equal tokenmask_ros.runtime.backends.BACKENDS / PRECISIONS and
-# tokenmask_ros.model.postprocess's constants.
-BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
-PRECISIONS = ('auto', 'fp32', 'fp16')
-SCORE_THRESHOLD = 0.8
-OVERLAP_THRESHOLD = 0.8
-LABEL_DIVISOR = 1000
+from tokenmask_ros.defaults import (  # torch-free: building the parser stays fast
+    BACKENDS,
+    LABEL_DIVISOR,
+    OVERLAP_THRESHOLD,
+    PRECISIONS,
+    SCORE_THRESHOLD,
+)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -413,7 +410,7 @@ def _add_bench(subparsers) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export a checkpoint to ONNX: uint8 image in, compact panoptic tensors out (DESIGN.md 3-4).
+    """Export a checkpoint to ONNX: uint8 image in, compact panoptic tensors out.
 
     The graph has a fixed input size (the checkpoint's, or --size H W: the position
     embedding is resampled), normalisation and the dense decoding inside, and the model

@@ -9,7 +9,7 @@ torch, no ROS. The format:
   ``annotations[]`` (``image_id``, ``file_name`` of the PNG, ``segments_info[]``) and
   ``categories[]`` (``id``, ``name``, ``isthing``, ``color``).
 
-Our panoptic ids (``class * label_divisor + instance``, DESIGN.md section 3) may be 0 (class
+Our panoptic ids (``class * label_divisor + instance``, ``docs/architecture.md``) may be 0 (class
 0, stuff), which COCO reserves for VOID, so the segments of each image are renumbered
 ``1..N`` in increasing panoptic-id order; each ``segments_info`` entry keeps the original
 id as the extra field ``panoptic_id`` (extra fields are ignored by COCO tools).

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-LABEL_DIVISOR = 1000
+from tokenmask_ros.defaults import LABEL_DIVISOR
+
 VOID = -1
 
 

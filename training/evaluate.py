@@ -1,8 +1,7 @@
 #!/usr/bin/env python3
 """Panoptic (PQ / SQ / RQ), instance (mask AP) and semantic (mIoU) evaluation of a checkpoint.
 
-Inference follows EoMT (``/work/shared/reference/eomt-facts.md``, "Inference
-post-processing"):
+Inference follows EoMT's evaluation (``docs/architecture.md``, "Evaluation"):
 
 * panoptic and instance: **padded inference**. Each image is resized so the longer side fits
   the model's ``img_size`` and padded bottom/right (:class:`Letterbox`); the logits are

@@ -1,7 +1,7 @@
 """Turning per-query class and mask logits into panoptic, semantic and instance outputs.
 
-The decoding follows EoMT / Mask2Former inference (``/work/shared/reference/eomt-facts.md``,
-"Inference post-processing"), split in two as DESIGN.md section 3 asks:
+The decoding follows EoMT / Mask2Former inference, split in two so the dense half can live
+in the exported graph (``docs/architecture.md``, "The deploy graph"):
 
 - :func:`dense_panoptic_scores` is the work that is dense over pixels (class softmax, mask
   sigmoid, bilinear upsampling, the score-weighted argmax over kept queries, per-query
@@ -14,7 +14,7 @@ The decoding follows EoMT / Mask2Former inference (``/work/shared/reference/eomt
 :func:`decode_semantic` and :func:`decode_instances` are the semantic and instance decodings
 used for evaluation. Everything here is pure PyTorch / NumPy; nothing imports ROS.
 
-Conventions (DESIGN.md section 3): panoptic id ``class_id * label_divisor + instance_id`` in
+Conventions (``docs/architecture.md``, "Outputs"): panoptic id ``class_id * label_divisor + instance_id`` in
 int32, stuff instance id 0, thing instances numbered from 1 within their class, VOID = -1.
 The semantic map of a :class:`Prediction` uses :func:`semantic_void` (255 for up to 255
 classes, stored as uint8 = the ``mono8`` ROS encoding; 65535 and uint16 above that) for
@@ -32,10 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tokenmask_ros.defaults import LABEL_DIVISOR, OVERLAP_THRESHOLD, SCORE_THRESHOLD
+
 VOID = -1
-LABEL_DIVISOR = 1000
-SCORE_THRESHOLD = 0.8
-OVERLAP_THRESHOLD = 0.8
 
 
 def semantic_void(num_classes: int) -> int:

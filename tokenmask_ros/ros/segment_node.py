@@ -53,6 +53,15 @@ from vision_msgs.msg import (
 )
 
 from tokenmask_ros import viz
+from tokenmask_ros.defaults import (
+    BACKENDS,
+    LABEL_DIVISOR,
+    MASK_THRESHOLD,
+    MAX_IMAGE_PIXELS,
+    OVERLAP_THRESHOLD,
+    PRECISIONS,
+    SCORE_THRESHOLD,
+)
 from tokenmask_ros.ros.conversions import (
     ImageConversionError,
     compressed_to_rgb8,
@@ -97,22 +106,22 @@ PARAMETERS: dict[str, Param] = {
                              'sensor_msgs/CompressedImage on "image/compressed"'),
     'image_reliability': Param('best_effort', 'reliability of the image subscription: '
                                'best_effort (sensor data, reaches every camera) or reliable'),
-    'score_threshold': Param(0.8, 'minimum class score of a segment (query)', True,
-                             _unit_range()),
-    'overlap_threshold': Param(0.8, 'minimum fraction of its mask a segment must keep after '
-                               'overlaps are resolved', True, _unit_range()),
-    'mask_threshold': Param(0.5, 'mask probability threshold; fixed at 0.5 by the exported '
-                            'graph (sigmoid >= 0.5), declared for visibility only',
-                            extra={'floating_point_range': [
-                                FloatingPointRange(from_value=0.5, to_value=0.5)]},
+    'score_threshold': Param(SCORE_THRESHOLD, 'minimum class score of a segment (query)',
+                             True, _unit_range()),
+    'overlap_threshold': Param(OVERLAP_THRESHOLD, 'minimum fraction of its mask a segment must '
+                               'keep after overlaps are resolved', True, _unit_range()),
+    'mask_threshold': Param(MASK_THRESHOLD, 'mask probability threshold; fixed at 0.5 by the '
+                            'exported graph (sigmoid >= 0.5), declared for visibility only',
+                            extra={'floating_point_range': [FloatingPointRange(
+                                from_value=MASK_THRESHOLD, to_value=MASK_THRESHOLD)]},
                             read_only=True),
-    'label_divisor': Param(1000, 'panoptic id = class * label_divisor + instance; must '
+    'label_divisor': Param(LABEL_DIVISOR, 'panoptic id = class * label_divisor + instance; must '
                            'exceed the number of queries', extra={'integer_range': [
                                IntegerRange(from_value=1, to_value=2**31 - 1)]}),
     'publish_overlay': Param(True, 'publish ~/overlay (computed only while subscribed)', True),
     'overlay_alpha': Param(0.5, 'opacity of the colours in ~/overlay', True, _unit_range()),
-    'max_image_pixels': Param(16_777_216, 'larger input images are rejected (width * height)',
-                              True, {'integer_range': [
+    'max_image_pixels': Param(MAX_IMAGE_PIXELS, 'larger input images are rejected (width * '
+                              'height)', True, {'integer_range': [
                                   IntegerRange(from_value=4, to_value=2**30)]}),
 }
 RESTART_ONLY = frozenset(name for name, p in PARAMETERS.items()
@@ -298,7 +307,6 @@ class SegmentNode(Node):
 
     @staticmethod
     def _check(p: dict) -> None:
-        from tokenmask_ros.runtime.backends import BACKENDS, PRECISIONS
 
         for name, allowed in (('backend', ('auto', *BACKENDS)), ('precision', PRECISIONS),
                               ('input_transport', TRANSPORTS),

@@ -19,7 +19,8 @@ One measurement function (:func:`bench_segmenter`) serves ``tokenmask bench`` an
 
 A combination that cannot run here (backend not installed, no GPU, fp16 on CPU) becomes a
 ``skipped`` row whose ``reason`` is the backend's one-sentence explanation; an unexpected
-failure becomes an ``error`` row. Nothing here asserts speed (DESIGN.md section 7).
+failure becomes an ``error`` row. Nothing here asserts speed: timing belongs
+in benchmarks, never in tests.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ onnxruntime and TensorRT backends and :class:`~tokenmask_ros.runtime.Segmenter` 
 else. Files are written atomically (temp file in the same folder + ``os.replace``), so
 concurrent exports of the same checkpoint into the cache never expose a partial file.
 
-FP16 (``fp16=True``) follows the portable recipe of ``reference/tensorrt-facts.md``: the
-graph itself carries the types (TensorRT 11 is strongly typed and has no FP16 flag). Weights
+FP16 (``fp16=True``) follows the portable TensorRT recipe (``docs/architecture.md``,
+"Precision"): the graph itself carries the types (TensorRT 11 is strongly typed and has no FP16 flag). Weights
 and activations are float16, except for three FP32 islands made by module replacements on a
 deep copy of the model (:func:`fp16_model`):
 
@@ -41,7 +41,7 @@ from tokenmask_ros.runtime.engine_cache import cache_root, file_sha256
 
 FORMAT = 'tokenmask-onnx'
 FORMAT_VERSION = '1'
-OPSETS = (18, 19, 20)  # reference/tensorrt-facts.md: stay at 18-20
+OPSETS = (18, 19, 20)  # what TensorRT 10/11 and ONNX Runtime both parse
 PROTOBUF_LIMIT = 2**31 - 1  # a single ONNX protobuf file cannot exceed 2 GiB
 
 log = logging.getLogger('tokenmask_ros.runtime')

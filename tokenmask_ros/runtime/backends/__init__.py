@@ -6,11 +6,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from tokenmask_ros.defaults import AUTO_ORDER, BACKENDS, PRECISIONS
 from tokenmask_ros.runtime.backends.base import Backend, BackendUnavailable
-
-BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
-AUTO_ORDER = ('tensorrt', 'onnxruntime', 'torch')
-PRECISIONS = ('auto', 'fp32', 'fp16')
 
 log = logging.getLogger('tokenmask_ros.runtime')
 

@@ -3,7 +3,7 @@
 Build (first use, then cached by :class:`~tokenmask_ros.runtime.engine_cache.EngineCache`
 under ONNX hash + TensorRT version + GPU + precision + input shape): ``trt.Builder``, a
 network parsed with ``trt.OnnxParser`` and built with ``build_serialized_network``.
-Precision lives in the ONNX graph (``reference/tensorrt-facts.md``): an FP16 export is built
+Precision lives in the ONNX graph (``docs/architecture.md``, "Precision"): an FP16 export is built
 as a strongly typed network (``STRONGLY_TYPED`` where TensorRT 9.1-10.x has it; TensorRT 11
 types every network strongly and dropped the FP16 flag). The weakly typed FP16 builder flag
 is only used to run an FP32 export in FP16 when asked (``precision='fp16'``) on a TensorRT

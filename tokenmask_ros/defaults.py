@@ -1,0 +1,24 @@
+"""Defaults and names shared by the model, the runtime, the CLI, the ROS node and training.
+
+One torch-free home, so ``tokenmask --help`` and the node's parameter declarations can
+read them without importing PyTorch, and a changed default changes everywhere at once.
+"""
+
+from __future__ import annotations
+
+#: Panoptic id = ``class_id * LABEL_DIVISOR + instance_id``; must exceed the query count.
+LABEL_DIVISOR = 1000
+#: Minimum class score of a query for its segment to be kept.
+SCORE_THRESHOLD = 0.8
+#: Minimum fraction of its mask a segment must keep after overlaps are resolved.
+OVERLAP_THRESHOLD = 0.8
+#: Mask probability threshold, fixed in the exported graph (sigmoid >= 0.5).
+MASK_THRESHOLD = 0.5
+#: Largest accepted input image (width * height); larger frames are refused before decoding.
+MAX_IMAGE_PIXELS = 16_777_216
+
+#: Inference backends, and the order ``auto`` tries them in.
+BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
+AUTO_ORDER = ('tensorrt', 'onnxruntime', 'torch')
+#: Numeric precisions; ``auto`` = fp16 on a GPU, fp32 on the CPU.
+PRECISIONS = ('auto', 'fp32', 'fp16')
