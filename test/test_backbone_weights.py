@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from tokenmask_ros.model import TokenMaskConfig, build_model
-from tokenmask_ros.model.backbone import load_backbone_weights
+from tokenmask_ros.model.checkpoint import load_backbone_weights
 
 SIZES = {'embed_dim': 32, 'depth': 2, 'num_heads': 2}
 

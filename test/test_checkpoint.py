@@ -18,6 +18,7 @@ from tokenmask_ros.model import (
     load_config,
     save_checkpoint,
 )
+from tokenmask_ros.model.checkpoint import tensor_digest
 
 CLASSES = (ClassInfo('floor', False, (128, 64, 128)), ClassInfo('wall', False, (70, 70, 70)),
            ClassInfo('disc', True, (220, 20, 60)))
@@ -126,3 +127,44 @@ def test_newer_format_version_is_refused(saved):
     _rewrite_header(saved, lambda h: h['__metadata__'].update(format_version='99'))
     with pytest.raises(CheckpointError, match='format version'):
         load_checkpoint(saved)
+
+
+def _save_with_config(model, path, **changes):
+    """A real checkpoint (valid tensor checksum) whose metadata config carries ``changes``,
+    as an attacker could write it without going through TokenMaskConfig."""
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    config = {**model.config.to_dict(), **changes}
+    save_file(state, str(path), metadata={
+        'format': 'tokenmask', 'format_version': '1', 'config': json.dumps(config),
+        'sha256': tensor_digest(state)})
+    return path
+
+
+@pytest.mark.parametrize(('kwargs', 'named'), [
+    ({'checkpoint_path': '/etc/passwd'}, 'checkpoint_path'),
+    ({'pretrained_cfg_overlay': {'file': '/etc/passwd'}}, 'pretrained_cfg_overlay'),
+    ({'reg_tokens': 0, 'pretrained': True}, 'pretrained'),
+    ({'reg_tokens': '4'}, 'reg_tokens'),
+])
+def test_backbone_kwargs_outside_the_allow_list_are_refused(model, tmp_path, kwargs, named):
+    path = _save_with_config(model, tmp_path / 'hostile.safetensors', backbone_kwargs=kwargs)
+    with pytest.raises(CheckpointError, match=f"unusable model config.*'{named}'"):
+        load_checkpoint(path)
+    with pytest.raises(ValueError, match=f"'{named}'"):
+        TokenMaskConfig(**{**model.config.__dict__, 'backbone_kwargs': kwargs})
+
+
+@pytest.mark.parametrize('backbone', ['hf-hub:timm/vit_tiny_patch16_224', 'local-dir:/etc'])
+def test_backbone_sources_other_than_the_timm_registry_are_refused(model, tmp_path, backbone):
+    path = _save_with_config(model, tmp_path / 'hostile.safetensors', backbone=backbone)
+    with pytest.raises(CheckpointError, match='not a timm model name'):
+        load_checkpoint(path)
+
+
+def test_allowed_backbone_kwargs_build_the_matching_vit(tmp_path):
+    config = TokenMaskConfig(backbone='vit_tiny_patch16_224', img_size=(32, 32), embed_dim=32,
+                             depth=2, num_heads=2, num_queries=4, num_query_blocks=1,
+                             num_classes=3, backbone_kwargs={'reg_tokens': 2, 'mlp_ratio': 2.0})
+    loaded = load_checkpoint(save_checkpoint(build_model(config), tmp_path / 'm.safetensors'))
+    assert loaded.backbone.num_reg_tokens == 2
+    assert loaded.backbone.blocks[0].mlp.fc1.out_features == 64

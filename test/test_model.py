@@ -245,3 +245,37 @@ def test_exported_inference_graph_is_one_gemm_one_upsample_and_no_masking():
     sdpa = [n for n in graph.nodes if str(n.target).startswith('aten.scaled_dot')]
     # (q, k, v) only: no attention mask, positional or keyword.
     assert all(len(n.args) == 3 and n.kwargs.get('attn_mask') is None for n in sdpa)
+
+
+def test_model_modules_import_each_other_without_cycles():
+    """Every import between tokenmask_ros.model modules, function-level ones included, goes
+    one way (a cycle only works while someone keeps one import lazy)."""
+    import ast
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / 'tokenmask_ros' / 'model'
+    names = {p.stem for p in folder.glob('*.py')}
+    edges = {}
+    for name in names:
+        tree = ast.parse((folder / f'{name}.py').read_text())
+        targets = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                module = node.module
+                if module == 'tokenmask_ros.model':
+                    targets.add('__init__')
+                elif module.startswith('tokenmask_ros.model.'):
+                    targets.add(module.rsplit('.', 1)[1])
+        edges[name] = targets & names - {name}
+
+    def cycle_from(start, path):
+        for target in edges[path[-1]]:
+            if target == start:
+                return [*path, start]
+            if target not in path and (found := cycle_from(start, [*path, target])):
+                return found
+        return None
+
+    cycles = [c for n in sorted(names) if (c := cycle_from(n, [n]))]
+    assert cycles == [], f'import cycle: {" -> ".join(cycles[0])}'
+    assert 'checkpoint' not in edges['backbone'] and 'backbone' in edges['tokenmask']

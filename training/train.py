@@ -45,10 +45,8 @@ from tokenmask_ros.model import (  # noqa: E402
     load_config,
     save_checkpoint,
 )
-from tokenmask_ros.model.backbone import (  # noqa: E402
-    fit_position_embedding,
-    load_backbone_weights,
-)
+from tokenmask_ros.model.backbone import fit_position_embedding  # noqa: E402
+from tokenmask_ros.model.checkpoint import load_backbone_weights  # noqa: E402
 from training.annealing import annealing_windows, mask_probabilities  # noqa: E402
 from training.aux_semantic import SemanticAuxiliary  # noqa: E402
 from training.datasets import collate  # noqa: E402

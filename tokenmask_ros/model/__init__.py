@@ -7,6 +7,7 @@ Public API::
 
 from tokenmask_ros.model.checkpoint import (
     CheckpointError,
+    load_backbone_weights,
     load_checkpoint,
     load_config,
     save_checkpoint,
@@ -23,6 +24,7 @@ __all__ = [
     'TokenMask',
     'TokenMaskConfig',
     'build_model',
+    'load_backbone_weights',
     'load_checkpoint',
     'load_config',
     'save_checkpoint',

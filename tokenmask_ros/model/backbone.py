@@ -1,18 +1,30 @@
-"""timm ViT backbones at a fixed input size and patch 16, and loading their weights."""
+"""timm ViT backbones at a fixed input size and patch 16, and resampling their position
+embeddings.
+
+Loading pretrained weights lives in :mod:`tokenmask_ros.model.checkpoint` (it reads
+TokenMask checkpoints), so the modules form a chain without cycles:
+config <- backbone <- tokenmask <- checkpoint.
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from tokenmask_ros.model.config import TokenMaskConfig
+from tokenmask_ros.model.config import TokenMaskConfig, backbone_kwargs_problems
 
 
 def build_backbone(config: TokenMaskConfig) -> VisionTransformer:
     """A randomly initialised timm ViT with the config's grid; no classifier, no download."""
+    # Checkpoint metadata reaches this point: pass timm only registry names and allow-listed
+    # architecture arguments, never a hub/local-dir source or a file-loading argument.
+    if not timm.is_model(config.backbone):
+        raise ValueError(f'cannot build backbone {config.backbone!r}: not a timm model name '
+                         '(hub and local-dir sources are refused); e.g. vit_tiny_patch16_224')
+    problems = backbone_kwargs_problems(config.backbone_kwargs)
+    if problems:
+        raise ValueError('; '.join(problems))
     sizes = {k: v for k, v in (('embed_dim', config.embed_dim), ('depth', config.depth),
                                ('num_heads', config.num_heads)) if v is not None}
     try:
@@ -29,54 +41,6 @@ def build_backbone(config: TokenMaskConfig) -> VisionTransformer:
         raise ValueError(f'num_query_blocks {config.num_query_blocks} exceeds the '
                          f'{len(backbone.blocks)} blocks of {config.backbone}')
     return backbone
-
-
-def load_backbone_weights(backbone: VisionTransformer, path: str | Path) -> None:
-    """Load pretrained ViT weights from a local safetensors file: timm or DINOv2 layout, or
-    the backbone of a TokenMask checkpoint (its heads are ignored).
-
-    The last lets a model with other classes, head or input size start from a trained or
-    imported EoMT backbone; its position embedding is resampled from the checkpoint's token
-    grid. timm's checkpoint filter resamples a patch-14 embedding to patch 16 and the
-    position embeddings to this grid, once, at load time (what EoMT does for DINOv2).
-    """
-    from safetensors.torch import load_file
-    from timm.models.vision_transformer import checkpoint_filter_fn
-
-    from tokenmask_ros.model.checkpoint import FORMAT, read_metadata
-
-    if read_metadata(path).get('format') == FORMAT:
-        state = _tokenmask_backbone_state(path, backbone)
-    else:
-        state = checkpoint_filter_fn(load_file(str(path)), backbone)
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
-    unexpected = [k for k in unexpected if not k.startswith('head')]
-    if missing or unexpected:
-        raise ValueError(f'{path}: backbone weights do not fit {type(backbone).__name__}: '
-                         f'missing {missing[:5]}, unexpected {unexpected[:5]}')
-
-
-def _tokenmask_backbone_state(path: str | Path, backbone: VisionTransformer
-                              ) -> dict[str, torch.Tensor]:
-    """The ``backbone.*`` tensors of a TokenMask checkpoint (checksum verified), with the
-    position embedding resampled from the checkpoint's grid to ``backbone``'s by
-    :func:`fit_position_embedding` (timm's filter cannot: it assumes a square old grid).
-    """
-    from dataclasses import replace
-
-    from tokenmask_ros.model.checkpoint import load_checkpoint
-
-    source = load_checkpoint(path)
-    target = replace(source.config, img_size=tuple(backbone.patch_embed.img_size))
-    fitted = fit_position_embedding(source.state_dict(), source.config, target, crop=False)
-    prefix = 'backbone.'
-    state = {k[len(prefix):]: v.float() for k, v in fitted.items() if k.startswith(prefix)}
-    expected = backbone.state_dict()
-    wrong = [k for k, v in state.items() if k in expected and expected[k].shape != v.shape]
-    if wrong:
-        raise ValueError(f'{path}: backbone weights do not fit {type(backbone).__name__}: '
-                         f'wrong shape {wrong[:5]}')
-    return state
 
 
 def fit_position_embedding(state: dict[str, torch.Tensor], source: TokenMaskConfig,

@@ -3,20 +3,28 @@
 The safetensors metadata holds the full :class:`TokenMaskConfig` (with class names,
 thing/stuff flags and colours) as JSON and a SHA-256 over every tensor, so
 ``load_checkpoint(path)`` rebuilds the model with no other input and refuses files that are
-truncated, foreign, or altered after saving. Nothing is ever unpickled.
+truncated, foreign, or altered after saving. Nothing is ever unpickled. The metadata is
+not covered by the checksum, so the config it holds is validated (an allow-list of backbone
+arguments) before anything is built from it.
+
+:func:`load_backbone_weights` lives here, not in ``backbone``, because it reads TokenMask
+checkpoints; the model modules then import in one direction only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from tokenmask_ros.atomic_file import atomic_path
+from tokenmask_ros.model.backbone import fit_position_embedding
 from tokenmask_ros.model.config import TokenMaskConfig
 from tokenmask_ros.model.tokenmask import TokenMask, build_model
 
@@ -97,7 +105,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = 'cpu') -> Tok
     if expected_digest != tensor_digest(state):
         raise CheckpointError(f'{path}: tensor checksum mismatch: the file was modified or '
                               'damaged after it was saved')
-    model = build_model(config)
+    try:
+        model = build_model(config)
+    except ValueError as error:  # e.g. a backbone name timm does not know
+        raise CheckpointError(f'{path}: {error}') from None
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -109,3 +120,42 @@ def load_checkpoint(path: str | Path, device: str | torch.device = 'cpu') -> Tok
             f'unexpected {unexpected[:5]}, wrong shape {wrong_shape[:5]}')
     model.load_state_dict(state)
     return model.to(device).eval()
+
+
+def load_backbone_weights(backbone: VisionTransformer, path: str | Path) -> None:
+    """Load pretrained ViT weights from a local safetensors file: timm or DINOv2 layout, or
+    the backbone of a TokenMask checkpoint (its heads are ignored).
+
+    The last lets a model with other classes, head or input size start from a trained or
+    imported EoMT backbone; its position embedding is resampled from the checkpoint's token
+    grid. timm's checkpoint filter resamples a patch-14 embedding to patch 16 and the
+    position embeddings to this grid, once, at load time (what EoMT does for DINOv2).
+    """
+    if read_metadata(path).get('format') == FORMAT:
+        state = _tokenmask_backbone_state(path, backbone)
+    else:
+        state = checkpoint_filter_fn(load_file(str(path)), backbone)
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    unexpected = [k for k in unexpected if not k.startswith('head')]
+    if missing or unexpected:
+        raise ValueError(f'{path}: backbone weights do not fit {type(backbone).__name__}: '
+                         f'missing {missing[:5]}, unexpected {unexpected[:5]}')
+
+
+def _tokenmask_backbone_state(path: str | Path, backbone: VisionTransformer
+                              ) -> dict[str, torch.Tensor]:
+    """The ``backbone.*`` tensors of a TokenMask checkpoint (checksum verified), with the
+    position embedding resampled from the checkpoint's grid to ``backbone``'s by
+    :func:`fit_position_embedding` (timm's filter cannot: it assumes a square old grid).
+    """
+    source = load_checkpoint(path)
+    target = replace(source.config, img_size=tuple(backbone.patch_embed.img_size))
+    fitted = fit_position_embedding(source.state_dict(), source.config, target, crop=False)
+    prefix = 'backbone.'
+    state = {k[len(prefix):]: v.float() for k, v in fitted.items() if k.startswith(prefix)}
+    expected = backbone.state_dict()
+    wrong = [k for k, v in state.items() if k in expected and expected[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f'{path}: backbone weights do not fit {type(backbone).__name__}: '
+                         f'wrong shape {wrong[:5]}')
+    return state

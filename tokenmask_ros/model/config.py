@@ -14,6 +14,18 @@ HEADS = ('tokenmask', 'eomt')
 # Arguments the backbone builder sets from other fields; backbone_kwargs must not repeat them.
 MANAGED_BACKBONE_ARGS = ('pretrained', 'num_classes', 'global_pool', 'img_size', 'patch_size',
                          'dynamic_img_size', 'embed_dim', 'depth', 'num_heads')
+# The only ViT architecture arguments a config (and so a checkpoint's metadata) may pass on
+# to timm.create_model, with their JSON types: what the EoMT importer sets. Anything else is
+# refused, so a checkpoint cannot reach timm's file-loading arguments (checkpoint_path,
+# pretrained_cfg_overlay, ...).
+ALLOWED_BACKBONE_KWARGS: dict[str, tuple[type, ...]] = {
+    'class_token': (bool,),
+    'reg_tokens': (int,),
+    'no_embed_class': (bool,),
+    'init_values': (int, float, type(None)),
+    'mlp_ratio': (int, float),
+    'qkv_bias': (bool,),
+}
 UPSAMPLING = {'tokenmask': ('logit', 'none'), 'eomt': ('feature',)}
 OUTPUT_STRIDES = (1, 2, 4, 8, 16)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -51,6 +63,29 @@ PRESETS: dict[str, BackbonePreset] = {
     'large': BackbonePreset('vit_large_patch14_reg4_dinov2', 1024, 24, 16, 4),
     'giant': BackbonePreset('vit_giant_patch14_reg4_dinov2', 1536, 40, 24, 5),
 }
+
+
+def backbone_kwargs_problems(kwargs: Any) -> list[str]:
+    """What is wrong with ``backbone_kwargs``: keys outside the allow-list, wrong types.
+
+    Checked at config construction and again right before ``timm.create_model``, because
+    the dict comes from untrusted checkpoint metadata.
+    """
+    if not isinstance(kwargs, dict):
+        return [f'backbone_kwargs must be a JSON object, got {type(kwargs).__name__}']
+    problems = []
+    for key in sorted(kwargs, key=str):
+        value = kwargs[key]
+        if key in MANAGED_BACKBONE_ARGS:
+            problems.append(f'backbone_kwargs must not set {key!r}: use the config field')
+        elif key not in ALLOWED_BACKBONE_KWARGS:
+            problems.append(f'backbone_kwargs key {key!r} is not allowed (allowed: '
+                            f'{", ".join(ALLOWED_BACKBONE_KWARGS)})')
+        elif (not isinstance(value, ALLOWED_BACKBONE_KWARGS[key])
+              or (isinstance(value, bool) and bool not in ALLOWED_BACKBONE_KWARGS[key])):
+            problems.append(f'backbone_kwargs {key!r} has the wrong type '
+                            f'{type(value).__name__}')
+    return problems
 
 
 def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -119,9 +154,7 @@ class TokenMaskConfig:
             yield 'num_queries, num_query_blocks and num_classes must be >= 1'
         if self.depth is not None and self.num_query_blocks > self.depth:
             yield f'num_query_blocks {self.num_query_blocks} exceeds depth {self.depth}'
-        managed = sorted(set(self.backbone_kwargs) & set(MANAGED_BACKBONE_ARGS))
-        if managed:
-            yield f'backbone_kwargs must not set {managed}: use the config fields'
+        yield from backbone_kwargs_problems(self.backbone_kwargs)
         if self.classes:
             if len(self.classes) != self.num_classes:
                 yield f'{len(self.classes)} class names for num_classes={self.num_classes}'

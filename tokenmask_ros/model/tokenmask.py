@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from tokenmask_ros.model.backbone import build_backbone
 from tokenmask_ros.model.config import TokenMaskConfig
 from tokenmask_ros.model.heads import EoMTHead, MaskMLP, TokenMaskHead
 
@@ -122,6 +123,4 @@ class TokenMask(nn.Module):
 
 def build_model(config: TokenMaskConfig) -> TokenMask:
     """A randomly initialised model for ``config`` (load weights with ``load_checkpoint``)."""
-    from tokenmask_ros.model.backbone import build_backbone
-
     return TokenMask(build_backbone(config), config)
