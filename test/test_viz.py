@@ -35,3 +35,119 @@ def test_overlay_blends_and_checks_shapes():
     np.testing.assert_array_equal(viz.overlay(image, labels, 0.5), np.full((2, 2, 3), 150))
     with pytest.raises(ValueError, match='differ in shape'):
         viz.overlay(image, labels[:1])
+
+
+# --------------------------------------------------------------------------- draw_overlay
+
+NAMES = ['floor', 'disc', 'box', 'unused']
+COLORS = np.array([[30, 200, 30], [200, 30, 30], [30, 30, 200], [200, 200, 30]], np.uint8)
+
+
+def _prediction(height=120, width=160):
+    """Floor (stuff) with two discs (class 1) and a box (class 2); a void strip on the left."""
+    from tokenmask_ros.model.postprocess import Prediction, Segment
+
+    panoptic = np.zeros((height, width), np.int32)  # floor = 0 * 1000 + 0
+    panoptic[:, :6] = -1
+    things = {1001: (20, 20, 30, 30), 1002: (70, 60, 30, 40), 2001: (110, 15, 40, 25)}
+    for seg_id, (x, y, w, h) in things.items():
+        panoptic[y:y + h, x:x + w] = seg_id
+    segments = [Segment(0, 0, 0.9, (6, 0, width - 6, height), int((panoptic == 0).sum()), False)]
+    segments += [Segment(i, i // 1000, 0.9, box, box[2] * box[3], True)
+                 for i, box in things.items()]
+    semantic = np.where(panoptic >= 0, panoptic // 1000, 255).astype(np.uint8)
+    return Prediction(panoptic, semantic, segments)
+
+
+def _image(height=120, width=160):
+    return np.full((height, width, 3), 128, np.uint8)
+
+
+def test_boundaries_mark_both_sides_of_every_id_change_and_nothing_else():
+    panoptic = np.zeros((6, 7), np.int32)
+    panoptic[2:4, 3:5] = 7
+    edges = viz.segment_boundaries(panoptic)
+    differs = np.zeros_like(edges)
+    padded = np.pad(panoptic, 1, mode='edge')
+    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+        differs |= padded[dy:dy + 6, dx:dx + 7] != panoptic
+    np.testing.assert_array_equal(edges, differs)
+    assert edges[2:4, 3:5].all() and edges.sum() == 4 + 8  # the square and its 4-neighbours
+
+
+def test_overlay_fills_classes_at_alpha_draws_contours_and_leaves_void_alone():
+    prediction, image = _prediction(), _image()
+    out = viz.draw_overlay(image, prediction, NAMES, COLORS, alpha=0.25, labels=False,
+                           legend=False)
+    edges = viz.segment_boundaries(prediction.panoptic)
+    assert (out[edges] == viz.CONTOUR_COLOR).all()
+    interior = ~edges
+    void = (prediction.panoptic < 0) & interior
+    np.testing.assert_array_equal(out[void], image[void])
+    box = (prediction.panoptic == 2001) & interior
+    expected = np.round(0.75 * 128 + 0.25 * COLORS[2].astype(float))
+    assert np.abs(out[box].astype(float) - expected).max() <= 1
+    # No contour colour away from boundaries (the fills are not white).
+    assert not (out[interior] == viz.CONTOUR_COLOR).all(axis=-1).any()
+
+
+def test_legend_shows_a_swatch_for_exactly_the_classes_present():
+    prediction = _prediction()
+    out = viz.draw_overlay(_image(), prediction, NAMES, COLORS, alpha=0.3, labels=False)
+    # Only the legend's swatches use the pure class colours (the fill is blended).
+    swatch_pixels = [(out == color).all(axis=-1).sum() for color in COLORS]
+    assert all(count >= 16 for count in swatch_pixels[:3]), swatch_pixels
+    assert swatch_pixels[3] == 0  # 'unused' is in the model but not in the image
+    without = viz.draw_overlay(_image(), prediction, NAMES, COLORS, alpha=0.3, labels=False,
+                               legend=False)
+    assert all((without == color).all(axis=-1).sum() == 0 for color in COLORS)
+
+
+def test_legend_avoids_the_corner_with_things_and_the_labels():
+    panoptic = np.zeros((120, 160), np.int32)
+    panoptic[:50, 100:] = 1001  # a thing filling the top-right corner
+    image = _image()
+    box = viz.draw_legend(image, panoptic, [0, 1], NAMES, COLORS, 1000)
+    assert box[0] < 80 and box[1] < 60  # moved to the (empty) top-left
+    taken = [(0, 0, 60, 60)]  # a label there too: now a bottom corner
+    box = viz.draw_legend(_image(), panoptic, [0, 1], NAMES, COLORS, 1000, taken)
+    assert box[3] > 60
+
+
+def test_each_thing_gets_a_label_with_text_at_its_centre_and_stuff_gets_none():
+    prediction = _prediction(240, 320)
+    image = np.zeros((240, 320, 3), np.uint8)
+    out = image.copy()
+    boxes = viz.draw_labels(out, prediction.segments, NAMES, COLORS, 1000)
+    assert len(boxes) == 3  # the floor is stuff: in the legend, not labelled
+    for segment in prediction.segments[1:]:
+        x, y, w, h = segment.bbox
+        cx, cy = x + w // 2, y + h // 2
+        window = out[max(cy - 12, 0):cy + 12, max(cx - 30, 0):cx + 30]
+        assert (window.min(axis=-1) > 200).sum() >= 10  # white text strokes
+        assert (window == viz.LABEL_BACKGROUND).all(axis=-1).sum() >= 10  # on a dark box
+    for a in range(3):  # label boxes never overlap where there is room to move them
+        for b in range(a + 1, 3):
+            assert not viz._overlaps(boxes[a], [boxes[b]])
+
+
+def test_label_text_is_a_parameter_so_a_track_number_can_be_appended():
+    prediction = _prediction(240, 320)
+    plain = viz.draw_labels(np.zeros((240, 320, 3), np.uint8), prediction.segments, NAMES,
+                            COLORS, 1000)
+    tracked = viz.draw_labels(np.zeros((240, 320, 3), np.uint8), prediction.segments, NAMES,
+                              COLORS, 1000, lambda s, name: f'{name} #{s.id % 1000 + 40}')
+    widths = [[b[2] - b[0] for b in boxes] for boxes in (plain, tracked)]
+    assert all(t > p for p, t in zip(*widths, strict=True))
+
+
+def test_overlay_reads_synthetic_scenes_and_rejects_mismatched_sizes():
+    from tokenmask_ros.synthetic import SYNTHETIC_CLASSES, SceneGenerator
+
+    scene = SceneGenerator(height=96, width=128, seed=3).scene(0)
+    colors = np.array([c.color for c in SYNTHETIC_CLASSES], np.uint8)
+    names = [c.name for c in SYNTHETIC_CLASSES]
+    out = viz.draw_overlay(scene.image, scene, names, colors)
+    assert out.shape == scene.image.shape and not np.array_equal(out, scene.image)
+    with pytest.raises(ValueError, match='differ in size'):
+        viz.draw_overlay(scene.image[:10], scene, names, colors)
