@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import resource
+import struct
+
 import cv2
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ from tokenmask_ros.ros.conversions import (  # noqa: E402
     ImageConversionError,
     compressed_to_numpy,
     compressed_to_rgb8,
+    convert_encoding,
     image_to_numpy,
     image_to_rgb8,
     numpy_to_compressed,
@@ -264,3 +268,81 @@ def test_compressed_frames_become_rgb8_and_depth_payloads_are_refused():
     depth = sensor_msgs.CompressedImage(format='16UC1; compressedDepth png', data=b'\0' * 20)
     with pytest.raises(ImageConversionError, match='depth map'):
         compressed_to_rgb8(depth)
+
+
+# --- hostile input: clean errors, never raw OpenCV text, sender text quoted short -------
+
+def _assert_clean(error) -> None:
+    text = str(error.value)
+    assert 'Assertion' not in text and '.cpp' not in text and '\n' not in text, text
+
+
+@pytest.mark.parametrize('encoding', ['yuv422', 'uyvy', 'yuyv', 'yuv422_yuy2'])
+def test_odd_width_packed_yuv422_is_refused_before_opencv(encoding):
+    msg = raw_message(random_pixels(encoding, 4, 7), encoding, step=7 * 2)
+    with pytest.raises(ImageConversionError, match=f'{encoding} image has an odd width '
+                                                   r'\(7\).*must be even') as error:
+        image_to_rgb8(msg)
+    _assert_clean(error)
+    assert error.value.kind == 'bad size'
+    assert image_to_numpy(msg).shape == (4, 7, 2)  # passthrough needs no pairs
+
+
+def test_opencv_conversion_errors_become_clean_conversion_errors():
+    # cvtColor refuses a 4:2:2 array that is not 8-bit; the message names the conversion.
+    with pytest.raises(ImageConversionError, match='OpenCV cannot convert yuv422 to rgb8 for '
+                                                   'a float64 array') as error:
+        convert_encoding(np.zeros((2, 4, 2), np.float64), 'yuv422', 'rgb8')
+    _assert_clean(error)
+
+
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """A real 8x8 JPEG whose SOF0 header is patched to declare ``width`` x ``height``."""
+    ok, encoded = cv2.imencode('.jpg', smooth_rgb(8, 8))
+    assert ok
+    data = bytearray(encoded.tobytes())
+    sof = data.index(b'\xff\xc0')
+    data[sof + 5:sof + 9] = struct.pack('>HH', height, width)
+    return bytes(data)
+
+
+def test_a_jpeg_declaring_a_huge_size_is_refused_before_decoding():
+    msg = sensor_msgs.CompressedImage(format='jpeg', data=jpeg_declaring(32768, 32768))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ImageConversionError, match=r"compressed image \('jpeg'\): image "
+                                                   r'declares 32768x32768 = 1073741824 pixels, '
+                                                   r'more than max_image_pixels 16777216') as e:
+        compressed_to_rgb8(msg)
+    assert e.value.kind == 'too large'
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024 < 100  # MiB
+    with pytest.raises(ImageConversionError, match='more than max_image_pixels 63'):
+        compressed_to_numpy(sensor_msgs.CompressedImage(format='jpeg',
+                                                        data=jpeg_declaring(8, 8)),
+                            max_pixels=63)
+
+
+@pytest.mark.parametrize('payload', [jpeg_declaring(40000, 40000),
+                                     jpeg_declaring(64, 64)[:-120] + bytes(40),
+                                     b'\xff\xd8' + bytes(range(256)) * 8],
+                         ids=['over-opencv-limit', 'corrupt-scan', 'garbage'])
+def test_huge_or_garbage_jpeg_gives_one_clean_error(payload):
+    msg = sensor_msgs.CompressedImage(format='jpeg', data=payload)
+    with pytest.raises(ImageConversionError, match='could not be decoded') as error:
+        compressed_to_rgb8(msg, max_pixels=2**32)
+    _assert_clean(error)
+    assert error.value.kind == 'undecodable'
+
+
+def test_sender_chosen_text_is_quoted_short():
+    long_text = 'x' * 65536
+    msg = valid_message()
+    msg.encoding = long_text
+    with pytest.raises(ImageConversionError, match=r"^unsupported image encoding 'x{64}'\.\.\. "
+                                                   r'\(65536 chars\)') as error:
+        image_to_rgb8(msg)
+    assert len(str(error.value)) < 600 and error.value.kind == 'unsupported encoding'
+    compressed = sensor_msgs.CompressedImage(format='\n' + long_text, data=b'junk')
+    with pytest.raises(ImageConversionError) as error:
+        compressed_to_rgb8(compressed)
+    assert len(str(error.value)) < 400 and '\n' not in str(error.value)
+    assert str(error.value).startswith(r"compressed image ('\nxxx")

@@ -158,3 +158,10 @@ def test_read_image_file_names_the_file_in_its_errors(tmp_path):
     bomb.write_bytes(jpeg_declaring(BOMB_SIDE, BOMB_SIDE))
     with pytest.raises(ValueError, match=r'bomb\.jpg: image declares 32768x32768'):
         read_image_file(bomb, MAX_IMAGE_PIXELS)
+
+
+def test_opencvs_own_refusal_becomes_a_clean_value_error():
+    """40000^2 passes a huge caller limit but not OpenCV's: its cv2.error text stays inside."""
+    with pytest.raises(ValueError, match=r'^not a readable image: OpenCV refuses') as error:
+        decode_image(jpeg_declaring(40000, 40000), 2**32)
+    assert 'Assertion' not in str(error.value) and 'cpp' not in str(error.value)

@@ -45,6 +45,10 @@ def write_rgb(path: str | Path, rgb: np.ndarray, jpeg_quality: int | None = None
 
 # --- reading: the header's size is checked before a single pixel is decoded -------------
 
+class ImageTooLargeError(ValueError):
+    """An image's header declares more pixels than the caller allows."""
+
+
 # Pillow's own decompression-bomb guard is a process-wide setting; it is lifted only while
 # Pillow reads a header here (our limit is checked right after), under this lock.
 _PILLOW_LIMIT_LOCK = threading.Lock()
@@ -76,24 +80,25 @@ def declared_image_size(data: bytes) -> tuple[int, int]:
 def decode_image(data: bytes, max_pixels: int, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
     """Decode an encoded image (JPEG, PNG, ...) with OpenCV once its header passes the limit.
 
-    ValueError, before any pixel is decoded, when the header declares more than
-    ``max_pixels``; ValueError (never raw OpenCV text) when the data does not decode.
-    ``data`` is any bytes-like object.
+    :class:`ImageTooLargeError` (a ValueError), before any pixel is decoded, when the header
+    declares more than ``max_pixels``; ValueError (never raw OpenCV text) when the data
+    does not decode. ``data`` is any bytes-like object.
     """
     width, height = declared_image_size(data)
     if width * height > max_pixels:
-        raise ValueError(f'image declares {width}x{height} = {width * height} pixels, more '
-                         f'than max_image_pixels {max_pixels}')
+        raise ImageTooLargeError(f'image declares {width}x{height} = {width * height} pixels, '
+                                 f'more than max_image_pixels {max_pixels}')
     try:
         pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error:
-        pixels = None
+        raise ValueError(f'not a readable image: OpenCV refuses to decode its {width}x{height} '
+                         'pixels (over its own size limit, or corrupt data)') from None
     if pixels is None or pixels.size == 0:
         raise ValueError(f'not a readable image: its {width}x{height} pixels could not be '
                          'decoded (truncated or corrupt data)')
     if pixels.shape[0] * pixels.shape[1] > max_pixels:  # a decoder that disagrees with Pillow
-        raise ValueError(f'image decodes to {pixels.shape[1]}x{pixels.shape[0]} pixels, more '
-                         f'than max_image_pixels {max_pixels}')
+        raise ImageTooLargeError(f'image decodes to {pixels.shape[1]}x{pixels.shape[0]} pixels, '
+                                 f'more than max_image_pixels {max_pixels}')
     return pixels
 
 
@@ -108,4 +113,4 @@ def read_image_file(path: str | Path, max_pixels: int,
     try:
         return decode_image(data, max_pixels, flags)
     except ValueError as error:
-        raise ValueError(f'{path}: {error}') from None
+        raise type(error)(f'{path}: {error}') from None

@@ -3,8 +3,11 @@
 ROS 2 ``cv_bridge`` has no pip wheel, and PyPI's ``cv-bridge`` is an old ROS 1 port with a
 16UC1 bug, so this module does the conversion itself: raw images become zero-copy NumPy
 views over the message buffer (row padding from ``step`` is kept as a stride, never copied),
-compressed images are decoded with OpenCV. Every malformed message raises
-:class:`ImageConversionError` naming the problem, before any indexing with its fields.
+compressed images are decoded with OpenCV once their header's declared size passes the
+caller's pixel limit (:func:`tokenmask_ros.image_io.decode_image`). Every malformed message
+raises :class:`ImageConversionError` naming the problem, before any indexing with its
+fields and with sender-chosen text (encoding, format) quoted short; OpenCV's own error text
+never reaches the caller.
 
 This module only touches message *fields*, so it works with any object shaped like
 sensor_msgs/Image; it imports the message classes lazily when it has to build one.
@@ -19,14 +22,39 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from tokenmask_ros.defaults import MAX_IMAGE_PIXELS
+from tokenmask_ros.image_io import ImageTooLargeError, decode_image
+
 # Images larger than this are rejected as corrupt instead of allocated (about a 16k x 16k
 # RGBA frame); it also keeps width * height * channels far away from integer overflow.
 MAX_IMAGE_BYTES = 1 << 30
 MAX_SIDE = 1 << 15
 
 
+QUOTE_LIMIT = 64  # characters of sender-chosen text (encoding, format) an error quotes
+
+
 class ImageConversionError(ValueError):
-    """A message cannot be converted: the text names the field and the problem."""
+    """A message cannot be converted: the text names the field and the problem.
+
+    ``kind`` is one of :data:`ERROR_KINDS`, never text from the message, so a node can
+    rate-limit its logs per kind of fault without a sender inventing new kinds.
+    """
+
+    def __init__(self, text: str, kind: str = 'malformed'):
+        super().__init__(text)
+        self.kind = kind
+
+
+#: The kinds of conversion fault (:attr:`ImageConversionError.kind`).
+ERROR_KINDS = ('unsupported encoding', 'not a picture', 'bad size', 'bad step', 'short data',
+               'too large', 'undecodable', 'malformed')
+
+
+def quoted(text, limit: int = QUOTE_LIMIT) -> str:
+    """``repr`` of sender-chosen text cut to ``limit`` characters (marked), for messages."""
+    text = str(text)
+    return repr(text) if len(text) <= limit else f'{text[:limit]!r}... ({len(text)} chars)'
 
 
 @dataclass(frozen=True)
@@ -113,18 +141,20 @@ def encoding_layout(encoding: str) -> Encoding:
     except (KeyError, TypeError):
         known = ', '.join(sorted(ENCODINGS))
         raise ImageConversionError(
-            f'unsupported image encoding {encoding!r} (supported: {known})') from None
+            f'unsupported image encoding {quoted(encoding)} (supported: {known})',
+            'unsupported encoding') from None
 
 
 def _check_size(width: int, height: int, what: str = 'image') -> None:
     if not isinstance(width, (int, np.integer)) or not isinstance(height, (int, np.integer)):
         raise ImageConversionError(f'{what} width/height must be integers, got '
-                                   f'{type(width).__name__}/{type(height).__name__}')
+                                   f'{type(width).__name__}/{type(height).__name__}', 'bad size')
     if width <= 0 or height <= 0:
-        raise ImageConversionError(f'{what} has zero size ({width}x{height})')
+        raise ImageConversionError(f'{what} has zero size ({width}x{height})', 'bad size')
     if width > MAX_SIDE or height > MAX_SIDE:
         raise ImageConversionError(
-            f'{what} size {width}x{height} is absurd (limit {MAX_SIDE} pixels per side)')
+            f'{what} size {width}x{height} is absurd (limit {MAX_SIDE} pixels per side)',
+            'bad size')
 
 
 def image_to_numpy(msg, desired_encoding: str = 'passthrough') -> np.ndarray:
@@ -142,15 +172,15 @@ def image_to_numpy(msg, desired_encoding: str = 'passthrough') -> np.ndarray:
     if not isinstance(step, (int, np.integer)) or step < row_bytes:
         raise ImageConversionError(
             f'step {step} is smaller than one row of {width} {msg.encoding} pixels '
-            f'({row_bytes} bytes)')
+            f'({row_bytes} bytes)', 'bad step')
     if step * height > MAX_IMAGE_BYTES:
         raise ImageConversionError(
-            f'image of {step * height} bytes is absurd (limit {MAX_IMAGE_BYTES})')
+            f'image of {step * height} bytes is absurd (limit {MAX_IMAGE_BYTES})', 'bad size')
     buffer = memoryview(msg.data).cast('B')
     if buffer.nbytes < step * height:
         raise ImageConversionError(
             f'data holds {buffer.nbytes} bytes, less than step * height = '
-            f'{step} * {height} = {step * height}')
+            f'{step} * {height} = {step * height}', 'short data')
 
     dtype = layout.dtype
     swap = dtype.itemsize > 1 and bool(msg.is_bigendian) != (sys.byteorder == 'big')
@@ -180,11 +210,25 @@ def convert_encoding(pixels: np.ndarray, encoding: str, desired_encoding: str) -
     code = _COLOR_CONVERSIONS.get((source, target))
     if code is None:
         raise ImageConversionError(
-            f'cannot convert {encoding!r} to {desired_encoding!r}')
+            f'cannot convert {encoding!r} to {desired_encoding!r}', 'not a picture')
     if pixels.ndim == 3 and pixels.shape[2] == 2:
         # OpenCV reads packed 4:2:2 as one (H, W, 2) 8-bit image; the row must be dense.
+        if pixels.shape[1] % 2:
+            raise ImageConversionError(
+                f'{encoding} image has an odd width ({pixels.shape[1]}): packed 4:2:2 stores '
+                'pixels in pairs, so the width must be even', 'bad size')
         pixels = np.ascontiguousarray(pixels)
-    return cv2.cvtColor(pixels, code)
+    return _opencv(cv2.cvtColor, f'convert {encoding} to {desired_encoding}', pixels, code)
+
+
+def _opencv(function, what: str, pixels: np.ndarray, *args, **kwargs) -> np.ndarray:
+    """``function(pixels, ...)`` with cv2.error turned into one clean ImageConversionError."""
+    try:
+        return function(pixels, *args, **kwargs)
+    except cv2.error:
+        raise ImageConversionError(
+            f'OpenCV cannot {what} for a {pixels.dtype} array of shape {pixels.shape}',
+            'malformed') from None
 
 
 def numpy_to_image(pixels: np.ndarray, encoding: str, header=None, msg=None):
@@ -238,30 +282,37 @@ def _to_byte_array(pixels: np.ndarray) -> array.array:
 _COMPRESSED_DEPTH_HEADER_BYTES = 12  # compressed_depth_image_transport's ConfigHeader
 
 
-def compressed_to_numpy(msg, desired_encoding: str = 'bgr8') -> np.ndarray:
+def compressed_to_numpy(msg, desired_encoding: str = 'bgr8',
+                        max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode a sensor_msgs/CompressedImage (JPEG, PNG, ... anything OpenCV reads).
 
     ``passthrough`` returns what OpenCV decodes: ``bgr8``/``bgra8`` colour, ``mono8`` or
     16-bit grey. ``compressedDepth`` payloads (PNG behind a 12-byte header) are handled.
+    Images declaring more than ``max_pixels`` pixels are refused before decoding.
     """
-    pixels, encoding = decode_compressed(msg)
+    pixels, encoding = decode_compressed(msg, max_pixels)
     return convert_encoding(pixels, encoding, desired_encoding)
 
 
-def decode_compressed(msg) -> tuple[np.ndarray, str]:
-    """``(pixels, encoding)`` of what OpenCV decodes from a CompressedImage, unconverted."""
-    fmt = str(msg.format)
+def decode_compressed(msg, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.ndarray, str]:
+    """``(pixels, encoding)`` of what OpenCV decodes from a CompressedImage, unconverted;
+    refused before decoding when its header declares more than ``max_pixels`` pixels."""
+    fmt = quoted(msg.format)
     data = memoryview(msg.data).cast('B')
-    if _is_compressed_depth(fmt):
+    if _is_compressed_depth(str(msg.format)):
         data = data[_COMPRESSED_DEPTH_HEADER_BYTES:]
     if data.nbytes == 0:
-        raise ImageConversionError(f'compressed image ({fmt!r}) has no data')
+        raise ImageConversionError(f'compressed image ({fmt}) has no data', 'undecodable')
     if data.nbytes > MAX_IMAGE_BYTES:
-        raise ImageConversionError(f'compressed image of {data.nbytes} bytes is absurd')
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if pixels is None:
-        raise ImageConversionError(
-            f'compressed image ({fmt!r}, {data.nbytes} bytes) could not be decoded')
+        raise ImageConversionError(f'compressed image of {data.nbytes} bytes is absurd',
+                                   'bad size')
+    try:
+        pixels = decode_image(data, max_pixels, cv2.IMREAD_UNCHANGED)
+    except ImageTooLargeError as error:
+        raise ImageConversionError(f'compressed image ({fmt}): {error}', 'too large') from None
+    except ValueError as error:
+        raise ImageConversionError(f'compressed image ({fmt}, {data.nbytes} bytes) could not '
+                                   f'be decoded: {error}', 'undecodable') from None
     return pixels, _decoded_encoding(pixels, fmt)
 
 
@@ -270,7 +321,8 @@ def _is_compressed_depth(fmt: str) -> bool:
 
 
 def _decoded_encoding(pixels: np.ndarray, fmt: str) -> str:
-    """The ROS encoding of what ``cv2.imdecode(..., IMREAD_UNCHANGED)`` returned."""
+    """The ROS encoding of what ``cv2.imdecode(..., IMREAD_UNCHANGED)`` returned (``fmt``
+    already quoted)."""
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]
     names = {(np.uint8, 1): 'mono8', (np.uint8, 3): 'bgr8', (np.uint8, 4): 'bgra8',
              (np.uint16, 1): 'mono16', (np.uint16, 3): 'bgr16'}
@@ -278,8 +330,8 @@ def _decoded_encoding(pixels: np.ndarray, fmt: str) -> str:
         return names[(pixels.dtype.type, channels)]
     except KeyError:
         raise ImageConversionError(
-            f'compressed image ({fmt!r}) decoded to an unsupported {channels}-channel '
-            f'{pixels.dtype} image') from None
+            f'compressed image ({fmt}) decoded to an unsupported {channels}-channel '
+            f'{pixels.dtype} image', 'not a picture') from None
 
 
 def numpy_to_compressed(pixels: np.ndarray, encoding: str = 'bgr8', fmt: str = 'jpeg',
@@ -339,7 +391,8 @@ def check_rgb_input_encoding(encoding: str) -> None:
     if encoding not in _PICTURE_ENCODINGS:
         raise ImageConversionError(
             f'{encoding!r} images cannot be segmented: the model needs a colour or grey '
-            f'picture ({", ".join(RGB_INPUT_ENCODINGS)}), not depth or label data')
+            f'picture ({", ".join(RGB_INPUT_ENCODINGS)}), not depth or label data',
+            'not a picture')
 
 
 def to_rgb8(pixels: np.ndarray, encoding: str) -> np.ndarray:
@@ -352,7 +405,8 @@ def to_rgb8(pixels: np.ndarray, encoding: str) -> np.ndarray:
     check_rgb_input_encoding(encoding)
     eight_bit = _PICTURE_ENCODINGS[encoding]
     if ENCODINGS[encoding].dtype.itemsize == 2:
-        pixels = cv2.convertScaleAbs(pixels, alpha=255.0 / 65535.0)
+        pixels = _opencv(cv2.convertScaleAbs, 'scale 16-bit pixels to 8 bits', pixels,
+                         alpha=255.0 / 65535.0)
     return convert_encoding(pixels, eight_bit, 'rgb8')
 
 
@@ -362,10 +416,12 @@ def image_to_rgb8(msg) -> np.ndarray:
     return to_rgb8(image_to_numpy(msg), msg.encoding)
 
 
-def compressed_to_rgb8(msg) -> np.ndarray:
-    """A sensor_msgs/CompressedImage (JPEG, PNG, ...) as RGB uint8; depth payloads refused."""
+def compressed_to_rgb8(msg, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """A sensor_msgs/CompressedImage (JPEG, PNG, ...) as RGB uint8; depth payloads refused,
+    and images declaring more than ``max_pixels`` pixels refused before decoding."""
     if _is_compressed_depth(str(msg.format)):
         raise ImageConversionError(
-            f'compressed image ({str(msg.format)!r}) is a depth map and cannot be segmented')
-    pixels, encoding = decode_compressed(msg)
+            f'compressed image ({quoted(msg.format)}) is a depth map and cannot be segmented',
+            'not a picture')
+    pixels, encoding = decode_compressed(msg, max_pixels)
     return to_rgb8(pixels, encoding)
