@@ -53,8 +53,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
         name = f'scene_{index:05d}'
         write_rgb(out / f'{name}.png', scene.image)
         if args.preview:
-            colored = viz.colorize_panoptic(scene.panoptic, class_colors)
-            preview = np.hstack([scene.image, viz.overlay(scene.image, colored, 0.6)])
+            names = [c.name for c in SYNTHETIC_CLASSES]
+            preview = np.hstack([scene.image,
+                                 viz.draw_overlay(scene.image, scene, names, class_colors)])
             write_rgb(out / f'{name}_preview.png', preview)
     if not args.quiet:
         print(f'wrote {args.count} scene(s) of {width}x{height} to {out}')
@@ -271,9 +272,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 timings.append(segmenter.last_timing)
                 writer.add(prediction, name, image_id, **fields)
                 if not args.no_overlay:
-                    colored = viz.colorize_panoptic(prediction.panoptic, colors,
-                                                    args.label_divisor)
-                    blended = viz.overlay(rgb, colored, 0.5)
+                    blended = viz.draw_overlay(rgb, prediction, names, colors)
                     write_rgb(out / 'overlay' / f'{name}.jpg', blended)
                 progress.update()
         if not timings:
