@@ -4,13 +4,8 @@ timed, and the tables and plot are written."""
 from __future__ import annotations
 
 import csv
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from training import ablation  # noqa: E402
+from training import ablation
 
 
 def test_ablation_runs_every_variant_on_the_same_budget(tmp_path):

@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_train import TINY
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from test_train import TINY  # noqa: E402
-
-from tokenmask_ros.model import TokenMaskConfig, build_model  # noqa: E402
-from training.aux_semantic import (  # noqa: E402
+from tokenmask_ros.model import TokenMaskConfig, build_model
+from training.aux_semantic import (
     SemanticAuxiliary,
     soft_token_loss,
     token_class_fractions,
 )
-from training.train import load_train_config, train  # noqa: E402
+from training.train_config import load_train_config
+from training.trainer import train
 
 
 def test_token_fractions_count_pixels_per_class():

@@ -14,14 +14,27 @@ import numpy as np
 import pytest
 import torch
 
-from tokenmask_ros.model import ClassInfo, TokenMaskConfig, build_model, save_checkpoint
+from tokenmask_ros.model import (
+    ClassInfo,
+    TokenMaskConfig,
+    build_model,
+    load_checkpoint,
+    save_checkpoint,
+)
 from tokenmask_ros.model.postprocess import Instances, Prediction, semantic_scores
 from tokenmask_ros.synthetic import SYNTHETIC_CLASSES
 from training import evaluate as ev
 from training.datasets.coco_panoptic import CocoPanoptic, rgb2id
 from training.datasets.common import masks_to_semantic
 from training.datasets.synthetic import SyntheticPanoptic
+from training.eval_data import ade20k_dataset, synthetic_dataset
+from training.eval_metrics import EvalMetrics
+from training.eval_outputs import coco_annotation
+from training.eval_report import format_table
+from training.inference import predict
+from training.letterbox import preprocess
 from training.metrics import target_panoptic
+from training.sliding_window import semantic_windows, sliding_window_semantic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / 'training' / 'evaluate.py'
@@ -103,9 +116,9 @@ def test_synthetic_run_writes_metrics_predictions_and_grid(checkpoint, tmp_path)
 
 
 def test_oracle_predictions_score_100(tmp_path):
-    classes = ev.synthetic_dataset(4, seed=3, size=(48, 64))[1]
+    classes = synthetic_dataset(4, seed=3, size=(48, 64))[1]
     dataset = SyntheticPanoptic(4, width=64, height=48, seed=3, split='val')
-    metrics = ev.EvalMetrics(classes, instance=True)
+    metrics = EvalMetrics(classes, instance=True)
     flags = [c.is_thing for c in classes]
     annotations = []
     for index in range(len(dataset)):
@@ -118,13 +131,13 @@ def test_oracle_predictions_score_100(tmp_path):
                                      torch.ones(count), target['labels'][things],
                                      torch.arange(count))
         metrics.update(oracle, target)
-        annotations.append(ev.coco_annotation(oracle, classes, index, target['file_name'],
+        annotations.append(coco_annotation(oracle, classes, index, target['file_name'],
                                               tmp_path / 'panoptic'))
     result = metrics.compute()
     for key in ('pq', 'sq', 'rq', 'pq_things', 'pq_stuff', 'miou', 'ap', 'ap50', 'ap75'):
         assert result[key] == pytest.approx(100.0), key
     assert {c['ap'] for c in result['per_class'].values() if c['is_thing']} <= {100.0, -1.0}
-    assert 'PQ' in ev.format_table(result) and 'AP75' in ev.format_table(result)
+    assert 'PQ' in format_table(result) and 'AP75' in format_table(result)
 
     # The written oracle predictions are a COCO-panoptic dataset equal to the ground truth.
     (tmp_path / 'images').mkdir()
@@ -147,14 +160,14 @@ def test_oracle_predictions_score_100(tmp_path):
 
 
 def test_predict_decodes_at_original_resolution(checkpoint):
-    model = ev.load_checkpoint(checkpoint)
+    model = load_checkpoint(checkpoint)
     images = [torch.randint(0, 256, (3, 40, 90), dtype=torch.uint8),
               torch.randint(0, 256, (3, 70, 30), dtype=torch.uint8)]
-    predictions = ev.predict(model, images, [c.is_thing for c in SYNTHETIC_INFO],
+    predictions = predict(model, images, [c.is_thing for c in SYNTHETIC_INFO],
                              score_threshold=0.0)
     assert [p.panoptic.shape for p in predictions] == [(40, 90), (70, 30)]
     assert [p.semantic_argmax.shape for p in predictions] == [(40, 90), (70, 30)]
-    tensor, letterbox = ev.preprocess(images[0], (64, 64))
+    tensor, letterbox = preprocess(images[0], (64, 64))
     assert tensor.shape == (3, 64, 64) and letterbox.content_size == (28, 64)
     assert float(tensor[:, 28:].abs().max()) == 0.0  # padding at the bottom
 
@@ -162,12 +175,12 @@ def test_predict_decodes_at_original_resolution(checkpoint):
 def test_semantic_windows_follow_eomt_layout():
     # A 320x240 (W x H) image, 320 input: the shorter side is scaled to 320, the longer to
     # 427, and two 320-wide windows share the 213-pixel overlap.
-    assert ev.semantic_windows((240, 320), (320, 320)) == ((320, 427), [(0, 0), (0, 107)])
-    assert ev.semantic_windows((64, 128), (64, 64)) == ((64, 128), [(0, 0), (0, 64)])
-    assert ev.semantic_windows((100, 50), (64, 64)) == ((128, 64), [(0, 0), (64, 0)])
-    assert ev.semantic_windows((32, 32), (64, 64)) == ((64, 64), [(0, 0)])
+    assert semantic_windows((240, 320), (320, 320)) == ((320, 427), [(0, 0), (0, 107)])
+    assert semantic_windows((64, 128), (64, 64)) == ((64, 128), [(0, 0), (0, 64)])
+    assert semantic_windows((100, 50), (64, 64)) == ((128, 64), [(0, 0), (64, 0)])
+    assert semantic_windows((32, 32), (64, 64)) == ((64, 64), [(0, 0)])
     for length in range(64, 4 * 64 + 1):  # EoMT's float formula, every pixel covered
-        resized, corners = ev.semantic_windows((64, length), (64, 64))
+        resized, corners = semantic_windows((64, length), (64, 64))
         count = math.ceil(length / 64)
         step = 64 - (count * 64 - length) / (count - 1) if count > 1 else 0
         assert resized == (64, length)
@@ -179,26 +192,26 @@ def test_semantic_windows_follow_eomt_layout():
 
 
 def test_sliding_window_on_a_fitting_square_image_equals_padded_inference(checkpoint):
-    model = ev.load_checkpoint(checkpoint).eval()
+    model = load_checkpoint(checkpoint).eval()
     torch.manual_seed(1)
     image = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
-    scores = ev.sliding_window_semantic(model, image)
-    padded = ev.predict(model, [image], [c.is_thing for c in SYNTHETIC_INFO])[0]
+    scores = sliding_window_semantic(model, image)
+    padded = predict(model, [image], [c.is_thing for c in SYNTHETIC_INFO])[0]
     with torch.inference_mode():
-        output = model(ev.preprocess(image, (64, 64))[0][None])
+        output = model(preprocess(image, (64, 64))[0][None])
         expected = semantic_scores(output.class_logits, output.mask_logits, (64, 64))[0]
     torch.testing.assert_close(scores, expected)
     np.testing.assert_array_equal(scores.argmax(0).numpy(), padded.semantic_argmax)
-    sliding = ev.predict(model, [image], [c.is_thing for c in SYNTHETIC_INFO],
+    sliding = predict(model, [image], [c.is_thing for c in SYNTHETIC_INFO],
                          semantic_mode='sliding')[0]
     np.testing.assert_array_equal(sliding.semantic_argmax, padded.semantic_argmax)
 
 
 def test_sliding_window_averages_overlapping_windows(checkpoint):
-    model = ev.load_checkpoint(checkpoint).eval()
+    model = load_checkpoint(checkpoint).eval()
     torch.manual_seed(2)
     image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8)  # windows at x = 0 and 32
-    scores = ev.sliding_window_semantic(model, image)
+    scores = sliding_window_semantic(model, image)
     with torch.inference_mode():
         crops = torch.stack([image[..., :64], image[..., 32:]]).float() / 255.0
         output = model(crops)
@@ -208,7 +221,7 @@ def test_sliding_window_averages_overlapping_windows(checkpoint):
     torch.testing.assert_close(scores[..., 32:64], (left[..., 32:] + right[..., :32]) / 2)
     torch.testing.assert_close(scores[..., 64:], right[..., 32:])
     # Resized images come back at their own size, every pixel scored.
-    wide = ev.sliding_window_semantic(model, torch.randint(0, 256, (3, 30, 70),
+    wide = sliding_window_semantic(model, torch.randint(0, 256, (3, 30, 70),
                                                            dtype=torch.uint8))
     assert wide.shape == (len(SYNTHETIC_INFO), 30, 70) and bool(torch.isfinite(wide).all())
 
@@ -266,9 +279,9 @@ def test_ade20k_semantic_runs_end_to_end(ade_root, tmp_path, capsys):
 
 
 def test_ade20k_ignored_pixels_do_not_count(ade_root):
-    dataset, classes = ev.ade20k_dataset(str(ade_root))
+    dataset, classes = ade20k_dataset(str(ade_root))
     assert len(dataset) == 2 and len(classes) == 150
-    metrics = ev.EvalMetrics(classes, panoptic=False)
+    metrics = EvalMetrics(classes, panoptic=False)
     for index in range(len(dataset)):
         _, target = dataset[index]
         semantic = target['semantic'].numpy().astype(np.int64)
@@ -276,7 +289,7 @@ def test_ade20k_ignored_pixels_do_not_count(ade_root):
         metrics.update(np.where(semantic == 255, 1, semantic), target)  # wrong where ignored
     result = metrics.compute()
     assert result['miou'] == pytest.approx(100.0) and 'pq' not in result
-    assert 'mIoU' in ev.format_table(result)
+    assert 'mIoU' in format_table(result)
 
 
 def test_missing_checkpoint_exits_1_with_one_line(tmp_path):

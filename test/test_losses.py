@@ -3,19 +3,12 @@ supervision, and that sampling low-resolution logits is sampling their bilinear 
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO_ROOT
 
 from tokenmask_ros.model import TokenMaskConfig, build_model
 from tokenmask_ros.model.tokenmask import SegmentationOutput
-
-if str(REPO_ROOT) not in sys.path:  # training/ is a source-tree package, not installed
-    sys.path.insert(0, str(REPO_ROOT))
-
 from training.losses import (
     TARGET_MODE,
     HungarianMatcher,

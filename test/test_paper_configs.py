@@ -5,7 +5,6 @@ fixture datasets in the real on-disk formats."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import cv2
@@ -15,20 +14,15 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
+from tokenmask_ros.model import build_model
+from training.configs.generate import DATASETS, HEADS, SIZES, config, names
+from training.datasets import collate, id2rgb
+from training.datasets.build import build_dataset
+from training.datasets.loader import SeededTransform
+from training.datasets.transforms import TrainTransform
+from training.train_config import load_train_config, model_config
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from tokenmask_ros.model import build_model  # noqa: E402
-from training.configs.generate import DATASETS, HEADS, SIZES, config, names  # noqa: E402
-from training.datasets import collate, id2rgb  # noqa: E402
-from training.datasets.transforms import TrainTransform  # noqa: E402
-from training.train import (  # noqa: E402
-    SeededTransform,
-    build_dataset,
-    load_train_config,
-    model_config,
-)
-
 CONFIGS = REPO / 'training' / 'configs'
 NUM_CLASSES = {'ade20k_panoptic_640': 150, 'ade20k_semantic_512': 150,
                'coco_panoptic_640': 133, 'coco_instance_640': 80,

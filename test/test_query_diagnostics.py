@@ -4,17 +4,12 @@ mask IoU and class, per size bin, on hand-built logits with known answers and en
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from training import query_diagnostics as qd  # noqa: E402
+from training import query_diagnostics as qd
 
 NAMES = ['floor', 'disc', 'box']
 

@@ -10,17 +10,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from tokenmask_ros.model import TokenMaskConfig, build_model, save_checkpoint  # noqa: E402
-from training.annealing import (  # noqa: E402
+from tokenmask_ros.model import TokenMaskConfig, build_model, save_checkpoint
+from training.annealing import (
     annealing_windows,
     mask_probabilities,
     mask_probability,
 )
-from training.optim import build_optimizer, build_scheduler, two_stage_factor  # noqa: E402
-from training.train import load_train_config, model_config, train  # noqa: E402
+from training.optim import build_optimizer, build_scheduler, two_stage_factor
+from training.train_config import load_train_config, model_config
+from training.trainer import train
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY = ['model.preset=tiny', 'model.embed_dim=64', 'model.depth=4', 'model.num_heads=2',
         'model.img_size=64', 'model.num_queries=8', 'model.num_query_blocks=2',
@@ -131,6 +131,25 @@ def test_init_mismatch_is_a_clear_error(tmp_path):
     assert 'num_queries: checkpoint 5 != config 8' in run.stderr
 
 
+def test_cli_names_the_files_it_wrote_without_a_progress_bar(tmp_path):
+    """--no-progress silences tqdm, the only output of a run: the end still says where the
+    model, the checkpoint and the metrics went."""
+    out = tmp_path / 'out'
+    run = subprocess.run(
+        [sys.executable, str(REPO / 'training/train.py'), '--config',
+         str(REPO / 'training/configs/synthetic_tiny_tokenmask.yaml'), '--out', str(out),
+         '--no-progress', *TINY, 'optim.max_steps=1'],
+        capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    report = run.stdout.split('step 1: wrote\n')[1]
+    listed = dict(line.split(maxsplit=1) for line in report.splitlines())
+    assert listed.items() >= {'model:': str(out / 'model.safetensors'),
+                              'checkpoint:': str(out / 'checkpoints' / 'step_000001'),
+                              'metrics:': str(out / 'metrics.csv'),
+                              'config:': str(out / 'config.yaml')}.items()
+    assert all(Path(path).exists() for path in listed.values())
+
+
 def test_missing_dataset_path_is_a_clear_error(tmp_path):
     config = tiny_config('data.type=coco_panoptic', f'data.images_dir={tmp_path}/nope',
                          f'data.panoptic_dir={tmp_path}', f'data.json_file={tmp_path}/x.json')
@@ -177,7 +196,7 @@ def test_periodic_evaluation_and_elapsed_time(tmp_path):
 
 def test_periodic_evaluation_needs_a_validation_set(tmp_path):
     config = tiny_config('data.type=ade20k_semantic', f'data.root={tmp_path}', 'eval.every=2')
-    from training.train import PeriodicEvaluation
+    from training.periodic_eval import PeriodicEvaluation
     with pytest.raises(ValueError, match=r'eval\.images_dir'):
         PeriodicEvaluation(config, model_config(config, None))
 

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import csv
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from training import training_curve  # noqa: E402
-from training.train import load_train_config, train  # noqa: E402
+from training import training_curve
+from training.train_config import load_train_config
+from training.trainer import train
 
 TOY = ['model.preset=tiny', 'model.embed_dim=32', 'model.depth=2', 'model.num_heads=2',
        'model.img_size=[48,64]', 'model.num_queries=4', 'model.num_query_blocks=1',

@@ -24,11 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # `python training/ablation.py` from a source checkout
-    sys.path.insert(0, str(REPO_ROOT))
+if not __package__:  # run as `python training/ablation.py`: the repository onto sys.path
+    import _repo_path  # noqa: F401
 
-from tokenmask_ros.cli import parse_size  # noqa: E402
+from tokenmask_ros.cli import parse_size
 
 # name -> model overrides
 VARIANTS = {
@@ -80,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def train_config(args: argparse.Namespace, model: dict):
-    from training.train import load_train_config
+    from training.train_config import load_train_config
 
     width, height = args.size
     overrides = {
@@ -98,20 +97,20 @@ def train_config(args: argparse.Namespace, model: dict):
 
 def evaluate_checkpoint(path: Path, args: argparse.Namespace) -> dict:
     from tokenmask_ros.model import load_checkpoint
-    from training import evaluate
+    from training.eval_data import synthetic_dataset
+    from training.evaluation import evaluate_model
 
     model = load_checkpoint(path).eval()
     width, height = args.size
-    dataset, classes = evaluate.synthetic_dataset(args.val_images, args.val_seed,
-                                                  (height, width))
-    return evaluate.evaluate_model(model, dataset, classes)
+    dataset, classes = synthetic_dataset(args.val_images, args.val_seed, (height, width))
+    return evaluate_model(model, dataset, classes)
 
 
 def run_variant(name: str, args: argparse.Namespace, out: Path) -> dict:
     from tokenmask_ros.model import load_checkpoint
     from tokenmask_ros.model.backbone import count_parameters
     from tokenmask_ros.runtime.bench import bench_segmenter
-    from training.train import train
+    from training.trainer import train
 
     model = VARIANTS[name]
     run = out / name.replace('/', '_').replace(' ', '_')

@@ -50,27 +50,26 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # `python training/benchmark.py` from a source checkout
-    sys.path.insert(0, str(REPO_ROOT))
+if not __package__:  # run as `python training/benchmark.py`: the repository onto sys.path
+    import _repo_path  # noqa: F401
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import numpy as np
+import torch
+from tqdm import tqdm
 
-from tokenmask_ros.cli import parse_size  # noqa: E402
-from tokenmask_ros.model.backbone import count_parameters  # noqa: E402
-from tokenmask_ros.model.config import PRESETS, UPSAMPLING, TokenMaskConfig  # noqa: E402
-from tokenmask_ros.model.flops import (  # noqa: E402
+from tokenmask_ros.cli import parse_size
+from tokenmask_ros.model.backbone import count_parameters
+from tokenmask_ros.model.config import PRESETS, UPSAMPLING, TokenMaskConfig
+from tokenmask_ros.model.flops import (
     DEPLOY,
     PAPER,
     count_activation_memory,
     count_flops,
     measure_cuda_memory,
 )
-from tokenmask_ros.model.tokenmask import build_model  # noqa: E402
-from tokenmask_ros.runtime.backends import BACKENDS  # noqa: E402
-from tokenmask_ros.runtime.bench import cpu_name  # noqa: E402
+from tokenmask_ros.model.tokenmask import build_model
+from tokenmask_ros.runtime.backends import BACKENDS
+from tokenmask_ros.runtime.bench import cpu_name
 
 HEAD_NAMES = {'tokenmask': 'TokenMask', 'eomt': 'EoMT'}
 BACKBONE_NAMES = {'tiny': 'ViT-T', 'small': 'ViT-S', 'base': 'ViT-B', 'large': 'ViT-L',

@@ -16,14 +16,11 @@ import argparse
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # `python training/make_synthetic.py` from a source checkout
-    sys.path.insert(0, str(REPO_ROOT))
+if not __package__:  # run as `python training/make_synthetic.py`: the repository onto sys.path
+    import _repo_path  # noqa: F401
 
-from tqdm import tqdm  # noqa: E402
-
-from tokenmask_ros.cli import parse_size  # noqa: E402
-from training.datasets.synthetic import IMAGE_FORMATS, write_split  # noqa: E402
+from tokenmask_ros.cli import parse_size
+from training.settings import IMAGE_FORMATS
 
 
 def _count(text: str) -> int:
@@ -57,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from tqdm import tqdm  # after parsing: --help does not wait for PyTorch
+
+    from training.datasets.synthetic import write_split
+
     width, height = args.size
     for split, count in (('train', args.train), ('val', args.val)):
         def progress(items, split=split):

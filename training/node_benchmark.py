@@ -43,13 +43,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # `python training/node_benchmark.py` from a checkout
-    sys.path.insert(0, str(REPO_ROOT))
+if not __package__:  # run as `python training/node_benchmark.py`: the repository onto sys.path
+    import _repo_path  # noqa: F401
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from tokenmask_ros.ros.processes import console_command, spin_until  # noqa: E402
+from tokenmask_ros.ros.processes import console_command, spin_until
 
 NAMESPACE = '/node_benchmark'
 def frames(args) -> list[np.ndarray]:

@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # `python training/query_diagnostics.py` from a checkout
-    sys.path.insert(0, str(REPO_ROOT))
+if not __package__:  # run as `python training/query_diagnostics.py`: the repository onto sys.path
+    import _repo_path  # noqa: F401
 
 # Object areas in pixels at the evaluated size: under 20x20, 20-35 px, 35-55 px, larger.
 AREA_BINS = (0, 400, 1200, 3000)
@@ -119,14 +118,14 @@ def diagnose(model, samples, classes, batch_size: int = 4, progress: bool = True
     from tqdm import tqdm
 
     from tokenmask_ros.model.postprocess import resize_logits
-    from training.evaluate import _forward_padded, _plain
+    from training.letterbox import forward_padded, plain_image
 
     diagnostics = QueryDiagnostics([c.name for c in classes],
                                    [i for i, c in enumerate(classes) if c.is_thing])
     for start in tqdm(range(0, len(samples), batch_size), disable=not progress,
                       desc='diagnose', unit='batch'):
         batch = [samples[i] for i in range(start, min(start + batch_size, len(samples)))]
-        output, boxes = _forward_padded(model, [_plain(image) for image, _ in batch], 'cpu')
+        output, boxes = forward_padded(model, [plain_image(image) for image, _ in batch], 'cpu')
         for index, ((_, target), letterbox) in enumerate(zip(batch, boxes, strict=True)):
             masks = resize_logits(output.mask_logits[index:index + 1], letterbox)[0]
             diagnostics.add(output.class_logits[index], masks,
@@ -149,7 +148,7 @@ def main(argv=None) -> int:
 
     from tokenmask_ros.model import load_checkpoint
     from tokenmask_ros.model.checkpoint import CheckpointError
-    from training.evaluate import EvaluationError, check_classes, synthetic_dataset
+    from training.eval_data import EvaluationError, check_classes, synthetic_dataset
 
     try:
         model = load_checkpoint(args.checkpoint)

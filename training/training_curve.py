@@ -22,11 +22,10 @@ import csv
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # `python training/training_curve.py` from a checkout
-    sys.path.insert(0, str(REPO_ROOT))
+if not __package__:  # run as `python training/training_curve.py`: the repository onto sys.path
+    import _repo_path  # noqa: F401
 
-from tqdm import tqdm  # noqa: E402
+from tqdm import tqdm
 
 SCORES = ('pq', 'pq_things', 'pq_stuff', 'miou')  # the curve's columns, from evaluate_model
 
@@ -108,7 +107,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from tokenmask_ros.model import load_checkpoint
-    from training import evaluate
+    from training.eval_data import synthetic_dataset
+    from training.evaluation import evaluate_model
 
     out = Path(args.out)
     previous = previous_rows(out.with_suffix('.csv')) if args.reuse else []
@@ -129,9 +129,9 @@ def main(argv=None) -> int:
             model = load_checkpoint(weights).eval()
             size = tuple(model.config.img_size)
             if size not in datasets:
-                datasets[size] = evaluate.synthetic_dataset(args.images, args.seed, size)
+                datasets[size] = synthetic_dataset(args.images, args.seed, size)
             dataset, classes = datasets[size]
-            result = evaluate.evaluate_model(model, dataset, classes)
+            result = evaluate_model(model, dataset, classes)
         rows.append({'stage': stage, 'run': str(run), 'step': step, 'global_step': global_step,
                      'hours': round(seconds / 3600, 6),
                      **{k: round(result[k], 2) for k in SCORES}})

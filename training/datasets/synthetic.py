@@ -29,9 +29,9 @@ from tokenmask_ros.image_io import write_rgb
 from tokenmask_ros.synthetic import LABEL_DIVISOR, SYNTHETIC_CLASSES, SceneGenerator
 from training.datasets.coco_panoptic import CocoPanoptic
 from training.datasets.common import make_sample
+from training.settings import IMAGE_FORMATS
 
 SPLIT_STREAMS = {'train': 0, 'val': 1}
-IMAGE_FORMATS = ('png', 'jpg')
 
 
 def categories() -> list[dict]:
