@@ -18,7 +18,7 @@ from tokenmask_ros.runtime.engine_cache import (
     TEMP_MAX_AGE_S,
     EngineCache,
     EngineKey,
-    default_cache_dir,
+    default_engine_dir,
     file_sha256,
 )
 
@@ -68,11 +68,11 @@ def test_key_validation_and_round_trip():
     assert replace(KEY, name='../../etc/passwd').filename().startswith('_.._etc_passwd-')
 
 
-def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+def test_default_engine_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv('TOKENMASK_CACHE_DIR', str(tmp_path))
-    assert default_cache_dir() == tmp_path / 'engines'
+    assert default_engine_dir() == tmp_path / 'engines'
     monkeypatch.delenv('TOKENMASK_CACHE_DIR')
-    assert default_cache_dir() == Path.home() / '.cache' / 'tokenmask_ros' / 'engines'
+    assert default_engine_dir() == Path.home() / '.cache' / 'tokenmask_ros' / 'engines'
 
 
 # --- lookups ---------------------------------------------------------------------------

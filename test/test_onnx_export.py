@@ -21,7 +21,7 @@ from tokenmask_ros.runtime.backends.onnxruntime_backend import OnnxRuntimeBacken
 from tokenmask_ros.runtime.export import (  # noqa: E402
     ExportError,
     cached_onnx,
-    default_cache_dir,
+    default_export_dir,
     export_module,
     export_onnx,
     fp16_model,
@@ -308,6 +308,6 @@ def test_cached_onnx_reuses_its_export_and_keys_it_on_the_checkpoint(tmp_path, m
     save_checkpoint(random_model('tokenmask', seed=7), checkpoint)
     second = cached_onnx(checkpoint, 'fp32', cache)
     assert second != first and second.is_file()
-    assert sorted(p.name for p in cache.iterdir()) == sorted([first.name, second.name])
+    assert sorted(p.name for p in cache.glob('*.onnx')) == sorted([first.name, second.name])
     monkeypatch.setenv('TOKENMASK_CACHE_DIR', str(tmp_path / 'elsewhere'))
-    assert default_cache_dir() == tmp_path / 'elsewhere'
+    assert default_export_dir() == tmp_path / 'elsewhere'

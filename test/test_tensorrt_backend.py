@@ -1,10 +1,11 @@
 """TensorRT backend.
 
 Everywhere: a clear one-sentence refusal where TensorRT, a CUDA binding or a GPU is missing,
-``backend: auto`` falling back, dtype / device / strong-typing decisions for TensorRT 8.6,
-10.x and 11.x. On GPU hosts with TensorRT (marked ``gpu``, skipped elsewhere with the
-reason): engines built from a tiny exported model in FP32 and FP16, the engine cache, forced
-rebuilds, parity with the torch backend, the CUDA graph path, both CUDA bindings.
+``backend: auto`` falling back, dtype / device / strong-typing / TF32 decisions for TensorRT
+10.x and 11.x (older ones are refused). On GPU hosts with TensorRT (marked ``gpu``, skipped
+elsewhere with the reason): engines built from a tiny exported model in FP32 and FP16, the
+engine cache, forced rebuilds, parity with the torch backend, the CUDA graph path, both CUDA
+bindings.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import enum
 import importlib.util
 import logging
+import re
 import sys
 import threading
 import types
@@ -26,12 +28,11 @@ from tokenmask_ros.model import TokenMaskConfig, build_model, load_checkpoint, s
 from tokenmask_ros.runtime import backends
 from tokenmask_ros.runtime.backends import BackendUnavailable, create_backend
 from tokenmask_ros.runtime.backends import tensorrt_backend as trt_backend
+from tokenmask_ros.runtime.backends.cuda_api import check_index, device_index
 from tokenmask_ros.runtime.backends.tensorrt_backend import (
     TensorRTBackend,
-    _check_index,
-    device_index,
+    build_plan,
     numpy_dtype,
-    typing_plan,
 )
 from tokenmask_ros.runtime.engine_cache import EngineCache, EngineKey, file_sha256
 from tokenmask_ros.runtime.graph import OUTPUT_NAMES
@@ -92,11 +93,15 @@ def test_missing_tensorrt_is_one_sentence_not_an_import_error(monkeypatch):
     assert_one_sentence(info.value)
 
 
-def test_too_old_tensorrt_is_refused(monkeypatch):
-    monkeypatch.setitem(sys.modules, 'tensorrt', types.SimpleNamespace(__version__='8.4.3.1'))
-    with pytest.raises(BackendUnavailable, match=r'8\.4\.3\.1 is too old') as info:
+@pytest.mark.parametrize('version', ['8.4.3.1', '8.5.2.2', '8.6.2.3', '9.3.0.1'])
+def test_tensorrt_before_10_is_refused_naming_the_fix(monkeypatch, version):
+    """8.5 lacks LayerNormalization and UINT8 inputs, 8.6-9.x misread opset-18 ReduceMax."""
+    monkeypatch.setitem(sys.modules, 'tensorrt', types.SimpleNamespace(__version__=version))
+    with pytest.raises(BackendUnavailable, match=re.escape(f'{version} is too old')) as info:
         TensorRTBackend.check_available('cuda')
     assert_one_sentence(info.value)
+    assert 'needs TensorRT 10.0 or newer' in str(info.value)
+    assert 'use backend onnxruntime' in str(info.value)
 
 
 def test_missing_cuda_bindings_are_refused(monkeypatch):
@@ -119,7 +124,7 @@ def test_no_visible_gpu_is_refused(monkeypatch):
 def test_device_index_beyond_the_visible_gpus_is_refused():
     assert device_index('cuda') == 0 and device_index('cuda:3') == 3
     with pytest.raises(BackendUnavailable, match='device 2 was requested but only 1 is') as info:
-        _check_index(2, 1)
+        check_index(2, 1)
     assert_one_sentence(info.value)
 
 
@@ -166,8 +171,7 @@ def test_tensorrt_dtypes_map_to_numpy():
         numpy_dtype(types.SimpleNamespace(name='BF16'))
 
 
-def fake_tensorrt(version: str, creation_flags: dict[str, int], fp16_flag: bool):
-    builder_flags = {'TF32': 7, **({'FP16': 0} if fp16_flag else {})}
+def fake_tensorrt(version: str, creation_flags: dict[str, int], builder_flags: dict[str, int]):
     return types.SimpleNamespace(
         __version__=version,
         NetworkDefinitionCreationFlag=enum.IntEnum('NetworkDefinitionCreationFlag',
@@ -175,35 +179,37 @@ def fake_tensorrt(version: str, creation_flags: dict[str, int], fp16_flag: bool)
         BuilderFlag=enum.IntEnum('BuilderFlag', builder_flags))
 
 
-TRT_8_6 = fake_tensorrt('8.6.1', {'EXPLICIT_BATCH': 0}, fp16_flag=True)
-TRT_10 = fake_tensorrt('10.3.0', {'EXPLICIT_BATCH': 0, 'STRONGLY_TYPED': 1}, fp16_flag=True)
-TRT_11 = fake_tensorrt('11.0.0', {'STRONGLY_TYPED': 1}, fp16_flag=False)
-TRT_11_NO_FLAG = fake_tensorrt('11.2.0', {'PREFER_JIT_PYTHON_PLUGINS': 3}, fp16_flag=False)
-STRONG, EXPLICIT = 1 << 1, 1 << 0
+TRT_10 = fake_tensorrt('10.3.0', {'EXPLICIT_BATCH': 0, 'STRONGLY_TYPED': 1},
+                       {'FP16': 0, 'TF32': 6})
+TRT_11 = fake_tensorrt('11.0.0', {'STRONGLY_TYPED': 1}, {'TF32': 6})
+TRT_11_NO_FLAGS = fake_tensorrt('11.2.0', {'PREFER_JIT_PYTHON_PLUGINS': 3}, {'DEBUG': 2})
+STRONG = 1 << 1
 
 
 @pytest.mark.parametrize(('trt', 'graph', 'asked', 'expected'), [
-    # FP16 exports: strongly typed wherever the flag exists, never the FP16 builder flag
+    # strongly typed wherever the flag exists; TF32 cleared for FP32 engines only
     (TRT_10, 'fp16', None, (STRONG, False, 'fp16')),
+    (TRT_10, 'fp32', None, (STRONG, True, 'fp32')),
+    (TRT_10, 'fp32', 'fp32', (STRONG, True, 'fp32')),
     (TRT_11, 'fp16', 'fp16', (STRONG, False, 'fp16')),
-    (TRT_11_NO_FLAG, 'fp16', None, (0, False, 'fp16')),
-    (TRT_8_6, 'fp16', None, (EXPLICIT, False, 'fp16')),
-    # FP32 exports
-    (TRT_10, 'fp32', None, (STRONG, False, 'fp32')),
-    (TRT_10, 'fp32', 'fp16', (0, True, 'fp16')),  # weak typing + FP16 flag, not strong
-    (TRT_8_6, 'fp32', 'fp16', (EXPLICIT, True, 'fp16')),
-    (TRT_11, 'fp32', 'fp16', (STRONG, False, 'fp32')),  # no FP16 flag left: runs FP32
+    (TRT_11, 'fp32', None, (STRONG, True, 'fp32')),
+    (TRT_11_NO_FLAGS, 'fp16', None, (0, False, 'fp16')),
+    (TRT_11_NO_FLAGS, 'fp32', None, (0, False, 'fp32')),
     (TRT_10, 'fp16', 'fp32', (STRONG, False, 'fp16')),  # cannot widen an FP16 graph
 ])
-def test_typing_plan_never_combines_the_fp16_flag_with_strong_typing(trt, graph, asked,
-                                                                    expected, caplog):
+def test_build_plan_is_strongly_typed_and_fp32_without_tf32(trt, graph, asked, expected,
+                                                            caplog):
     with caplog.at_level(logging.WARNING, logger='tokenmask_ros.runtime'):
-        plan = typing_plan(trt, graph, asked)
+        plan = build_plan(trt, graph, asked)
     assert plan == expected
-    flags, fp16_flag, _ = plan
-    strong = getattr(trt.NetworkDefinitionCreationFlag, 'STRONGLY_TYPED', None)
-    assert not (fp16_flag and strong is not None and flags & (1 << int(strong)))
-    assert ('cannot run it in' in caplog.text) == (asked is not None and plan[2] != asked)
+    assert ('cannot run in' in caplog.text) == (asked is not None and plan.precision != asked)
+
+
+@pytest.mark.parametrize('trt', [TRT_10, TRT_11, TRT_11_NO_FLAGS])
+def test_fp16_from_an_fp32_export_is_refused_never_weakly_typed(trt):
+    with pytest.raises(ValueError, match='FP16 only from an FP16 export') as info:
+        build_plan(trt, 'fp32', 'fp16')
+    assert '\n' not in str(info.value)
 
 
 # --- the backend's plumbing on an emulated TensorRT (every machine) ------------------------
@@ -270,7 +276,7 @@ def make_fake_tensorrt(version='10.3.0'):
     trt.__version__ = version
     trt.NetworkDefinitionCreationFlag = enum.IntEnum('NetworkDefinitionCreationFlag',
                                                      {'EXPLICIT_BATCH': 0, 'STRONGLY_TYPED': 1})
-    trt.BuilderFlag = enum.IntEnum('BuilderFlag', {'FP16': 0, 'TF32': 7})
+    trt.BuilderFlag = enum.IntEnum('BuilderFlag', {'FP16': 0, 'TF32': 6})
     trt.MemoryPoolType = enum.IntEnum('MemoryPoolType', {'WORKSPACE': 0})
     trt.TensorIOMode = enum.IntEnum('TensorIOMode', {'NONE': 0, 'INPUT': 1, 'OUTPUT': 2})
     trt.builds = []
@@ -298,14 +304,17 @@ def make_fake_tensorrt(version='10.3.0'):
             return True
 
     class Config:
-        def __init__(self):
-            self.flags, self.pools = set(), {}
+        def __init__(self):  # TensorRT sets TF32 by default
+            self.flags, self.pools = {trt.BuilderFlag.TF32}, {}
 
         def set_memory_pool_limit(self, pool, size):
             self.pools[pool] = size
 
         def set_flag(self, flag):
             self.flags.add(flag)
+
+        def clear_flag(self, flag):
+            self.flags.discard(flag)
 
     class Builder:
         def __init__(self, logger):
@@ -394,7 +403,7 @@ def make_fake_tensorrt(version='10.3.0'):
 def fake_tensorrt(monkeypatch):
     trt = make_fake_tensorrt()
     monkeypatch.setitem(sys.modules, 'tensorrt', trt)
-    monkeypatch.setattr(trt_backend, '_cuda_api_class', lambda cuda_api='auto': FakeCuda)
+    monkeypatch.setattr(trt_backend, 'cuda_api_class', lambda cuda_api='auto': FakeCuda)
     FakeCuda.memory.clear()
     return trt
 
@@ -428,6 +437,7 @@ def test_emulated_build_cache_and_outputs(fake_tensorrt, fp32_onnx, tmp_path):
         assert backend.built_engine and backend.engine_path.parent == tmp_path / 'engines'
         assert backend.precision == 'fp32' and backend.describe() == 'tensorrt (cuda, fp32)'
         (build,) = fake_tensorrt.builds
+        # strongly typed, and TF32 (on by default) cleared for an FP32 engine
         assert build == {'network_flags': 1 << 1, 'builder_flags': set(), 'workspace': 1 << 30}
         for seed in range(2):
             inputs = letterboxed_inputs(backend.input_size, seed)
@@ -446,13 +456,11 @@ def test_emulated_build_cache_and_outputs(fake_tensorrt, fp32_onnx, tmp_path):
     forced.close()
 
 
-def test_emulated_fp16_request_on_an_fp32_graph_uses_the_weak_fp16_flag(fake_tensorrt,
-                                                                         fp32_onnx, tmp_path):
-    backend = TensorRTBackend(fp32_onnx, 'cuda', cache_dir=tmp_path, precision='fp16')
-    backend.close()
-    assert backend.precision == 'fp16'
-    assert fake_tensorrt.builds == [{'network_flags': 0, 'workspace': 2 << 30,
-                                     'builder_flags': {fake_tensorrt.BuilderFlag.FP16}}]
+def test_emulated_fp16_request_on_an_fp32_export_builds_nothing(fake_tensorrt, fp32_onnx,
+                                                                 tmp_path):
+    with pytest.raises(ValueError, match='FP16 only from an FP16 export'):
+        TensorRTBackend(fp32_onnx, 'cuda', cache_dir=tmp_path, precision='fp16')
+    assert fake_tensorrt.builds == [] and not (tmp_path / 'engines').exists()
 
 
 def test_emulated_cuda_graph_rereads_inputs_and_runs_from_any_thread(fake_tensorrt, fp32_onnx,
@@ -549,10 +557,14 @@ def test_engine_is_built_once_then_loaded_from_the_cache(onnx_paths, tmp_path, p
 @pytest.mark.parametrize(('precision', 'min_agreement', 'score_atol'),
                          [('fp32', 0.999, 1e-3), ('fp16', 0.99, 2e-2)])
 def test_outputs_match_the_torch_backend(onnx_paths, checkpoint, tmp_path, precision,
-                                         min_agreement, score_atol):
-    """Against the FP32 torch model on the GPU; TensorRT builds FP32 with TF32 allowed (its
-    default), hence a few borderline pixels may differ even in FP32."""
+                                         min_agreement, score_atol, monkeypatch):
+    """Against the FP32 torch model on the GPU. FP32 engines are built without TF32 and the
+    reference runs without it too (cuDNN convolutions allow TF32 by default), so FP32 class
+    decisions agree exactly; a borderline pixel may still differ by summation order."""
     from tokenmask_ros.runtime.backends.torch_backend import TorchBackend
+
+    monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
 
     reference = TorchBackend(load_checkpoint(checkpoint), 'cuda', 'fp32')
     backend = TensorRTBackend(onnx_paths[precision], 'cuda', cache_dir=tmp_path)

@@ -5,7 +5,7 @@ building one takes from seconds to many minutes, so engines are built on the tar
 use and cached under a key of everything they depend on (:class:`EngineKey`). This module is
 plain Python and filesystem: it never imports TensorRT, so it is tested on any machine.
 
-Layout of the cache folder (:func:`default_cache_dir`), per key::
+Layout of the cache folder (:func:`default_engine_dir`), per key::
 
     <name>-<digest[:16]>.engine   the serialized engine
     <name>-<digest[:16]>.json     sidecar: the full key, the engine's size and SHA-256
@@ -24,6 +24,8 @@ Promises:
   the first takes an exclusive ``flock`` on the ``.lock`` file, the others block on it and,
   once inside, find the fresh engine and reuse it. Lock files stay in place (deleting a lock
   file that another process may be waiting on would let two builders in at once).
+- A folder that cannot be written (read-only, or a file in its place) is reported as a
+  :class:`~tokenmask_ros.runtime.errors.CacheError` naming the folder, never as a raw OSError.
 """
 
 from __future__ import annotations
@@ -35,20 +37,23 @@ import json
 import logging
 import os
 import re
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from tokenmask_ros.atomic_file import atomic_path
+from tokenmask_ros.runtime.errors import CacheError, one_line
 
 SIDECAR_FORMAT = 'tokenmask-engine'
-SIDECAR_VERSION = 1
+SIDECAR_VERSION = 2  # 2: FP32 engines are built without TF32, so version-1 engines are stale
 TEMP_MAX_AGE_S = 3600.0  # prune() removes temp files of crashed writers older than this
 
 log = logging.getLogger('tokenmask_ros.runtime')
 
-__all__ = ['EngineCache', 'EngineKey', 'default_cache_dir', 'file_sha256']
+__all__ = ['EngineCache', 'EngineKey', 'atomic_write', 'cache_root', 'default_engine_dir',
+           'file_lock', 'file_sha256', 'prepare_cache_dir']
 
 
 def cache_root() -> Path:
@@ -57,9 +62,50 @@ def cache_root() -> Path:
     return Path(root).expanduser()
 
 
-def default_cache_dir() -> Path:
-    """The engine folder: ``engines/`` under :func:`cache_root`."""
+def default_engine_dir() -> Path:
+    """The TensorRT engine folder: ``engines/`` under :func:`cache_root`."""
     return cache_root() / 'engines'
+
+
+def prepare_cache_dir(folder: str | Path) -> Path:
+    """``folder``, created if needed and checked writable (a probe file is made and removed),
+    else :class:`CacheError`: root ignores permission bits, so only a real write tells."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix='.probe-', suffix='.tmp'):
+            pass
+    except OSError as error:
+        raise cache_error(folder, error) from None
+    return folder
+
+
+def cache_error(folder: Path, error: OSError) -> CacheError:
+    """The one-sentence error for a cache folder that cannot be written."""
+    return CacheError(f'cache folder {folder} cannot be written ({one_line(error)}): point '
+                      'engine_cache_dir (--cache-dir, or $TOKENMASK_CACHE_DIR) at a writable '
+                      'folder')
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, waiting_message: str = '') -> Iterator[None]:
+    """Exclusive flock(2) on ``path`` (created if missing); released when the descriptor
+    closes, also when the process dies. flock excludes separate open() calls even within one
+    process, so threads are serialized too. Logs ``waiting_message`` when it has to wait."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as error:
+        raise cache_error(path.parent, error) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting_message:
+                log.info(waiting_message)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
@@ -131,7 +177,7 @@ class EngineCache:
     :class:`EngineKey`; see this module's doc for the guarantees."""
 
     def __init__(self, cache_dir: str | Path | None = None):
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_engine_dir()
 
     # ------------------------------------------------------------------ paths
 
@@ -213,7 +259,7 @@ class EngineCache:
             found = self.lookup(key)
             if found is not None:
                 return found
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        prepare_cache_dir(self.cache_dir)
         with self._locked(key):
             found = self.lookup(key)
             if found is not None and (not force or _build_started_ns(
@@ -229,15 +275,22 @@ class EngineCache:
             raise RuntimeError(f'engine build for {key.name} returned no engine bytes')
         data = bytes(data)
         engine = self.engine_path(key)
-        _atomic_write(engine, data)
         record = {'format': SIDECAR_FORMAT, 'version': SIDECAR_VERSION, 'key': key.to_dict(),
                   'engine_size': len(data), 'engine_sha256': hashlib.sha256(data).hexdigest(),
                   'build_started_ns': started_ns,
                   'build_seconds': round((time.time_ns() - started_ns) / 1e9, 3)}
-        _atomic_write(self.sidecar_path(key), json.dumps(record, indent=1).encode())
+        try:
+            atomic_write(engine, data)
+            atomic_write(self.sidecar_path(key), json.dumps(record, indent=1).encode())
+        except OSError as error:  # disk full, folder made read-only meanwhile
+            raise cache_error(self.cache_dir, error) from None
         log.info('engine cache: wrote %s (%.1f MB)', engine.name, len(data) / 1e6)
         self._remove_superseded(key)
         return engine
+
+    def remove(self, key: EngineKey) -> None:
+        """Delete the engine and sidecar of ``key`` (e.g. one TensorRT refuses to load)."""
+        _remove_entry(self.engine_path(key))
 
     def _remove_superseded(self, key: EngineKey) -> None:
         for engine, other in self.entries():
@@ -278,20 +331,10 @@ class EngineCache:
 
     @contextlib.contextmanager
     def _locked(self, key: EngineKey) -> Iterator[None]:
-        """Exclusive flock(2) on the key's lock file; released when the descriptor closes
-        (also when the process dies). flock excludes separate open() calls even within one
-        process, so threads are serialized too."""
-        fd = os.open(self.lock_path(key), os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info('engine cache: waiting for another process building %s',
-                         key.filename())
-                fcntl.flock(fd, fcntl.LOCK_EX)
+        """Exclusive :func:`file_lock` on the key's lock file."""
+        with file_lock(self.lock_path(key), 'engine cache: waiting for another process '
+                       f'building {key.filename()}'):
             yield
-        finally:
-            os.close(fd)
 
 
 def _read_sidecar(path: Path) -> dict | None:
@@ -311,7 +354,7 @@ def _build_started_ns(sidecar: Path) -> int:
     return value if isinstance(value, int) else 0
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, whole."""
     with atomic_path(path) as temp, open(temp, 'wb') as out:
         out.write(data)

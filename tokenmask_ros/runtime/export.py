@@ -7,9 +7,9 @@ else. Files are written atomically (temp file in the same folder + ``os.replace`
 concurrent exports of the same checkpoint into the cache never expose a partial file.
 
 FP16 (``fp16=True``) follows the portable TensorRT recipe (``docs/architecture.md``,
-"Precision"): the graph itself carries the types (TensorRT 11 is strongly typed and has no FP16 flag). Weights
-and activations are float16, except for three FP32 islands made by module replacements on a
-deep copy of the model (:func:`fp16_model`):
+"Precision"): the graph itself carries the types (TensorRT 11 is strongly typed and has no
+FP16 flag). Weights and activations are float16, except for three FP32 islands made by
+module replacements on a deep copy of the model (:func:`fp16_model`):
 
 1. every LayerNorm (``nn.LayerNorm`` and timm's ``LayerNorm`` / ``LayerNorm2d``): input cast
    to FP32, statistics and affine in FP32 (its ``2 * D`` parameters stay FP32), output cast
@@ -37,17 +37,26 @@ from torch import Tensor, nn
 
 from tokenmask_ros.atomic_file import atomic_path
 from tokenmask_ros.model.config import TokenMaskConfig
-from tokenmask_ros.runtime.engine_cache import cache_root, file_sha256
+from tokenmask_ros.runtime.engine_cache import (
+    atomic_write,
+    cache_error,
+    cache_root,
+    file_lock,
+    file_sha256,
+    prepare_cache_dir,
+)
 
 FORMAT = 'tokenmask-onnx'
 FORMAT_VERSION = '1'
 OPSETS = (18, 19, 20)  # what TensorRT 10/11 and ONNX Runtime both parse
 PROTOBUF_LIMIT = 2**31 - 1  # a single ONNX protobuf file cannot exceed 2 GiB
+RECORD_FORMAT = 'tokenmask-onnx-export'  # the checksum sidecar of a cached export
+RECORD_VERSION = 1
 
 log = logging.getLogger('tokenmask_ros.runtime')
 
 __all__ = ['FORMAT', 'FORMAT_VERSION', 'OPSETS', 'ExportError', 'cached_onnx',
-           'default_cache_dir', 'export_module', 'export_onnx', 'fp16_model', 'parse_metadata',
+           'default_export_dir', 'export_module', 'export_onnx', 'fp16_model', 'parse_metadata',
            'read_onnx_config', 'read_onnx_metadata']
 
 
@@ -282,20 +291,26 @@ def read_onnx_config(path: str | Path) -> TokenMaskConfig:
 # --------------------------------------------------------------------------- cache
 
 
-def default_cache_dir() -> Path:
-    """Where exports are cached: :func:`~tokenmask_ros.runtime.engine_cache.cache_root`."""
+def default_export_dir() -> Path:
+    """Where ONNX exports of checkpoints are cached: the cache root itself
+    (:func:`~tokenmask_ros.runtime.engine_cache.cache_root`; engines go to ``engines/``)."""
     return cache_root()
 
 
 def cached_onnx(checkpoint_path: str | Path, precision: str,
-                cache_dir: str | Path | None = None) -> Path:
+                cache_dir: str | Path | None = None, *, force: bool = False) -> Path:
     """An ONNX export of ``checkpoint_path`` at ``precision`` ('fp32' | 'fp16'), from the cache.
 
     A ``.safetensors`` checkpoint is exported once to
     ``<cache_dir>/<stem>-<sha256[:16]>-<H>x<W>-<precision>.onnx`` (the hash is over the
-    checkpoint file, so a changed checkpoint gets a new file) and reused afterwards unless
-    that file is no longer a readable export of this format version. ``cache_dir`` defaults
-    to :func:`default_cache_dir`.
+    checkpoint file, so a changed checkpoint gets a new file) with a ``.json`` sidecar
+    holding the export's size and SHA-256, like cached engines. It is reused only while it
+    matches its sidecar and is a readable export of this format version; otherwise (flipped
+    bytes, truncation, no sidecar) a warning is logged and it is exported again. ``force``:
+    export again anyway (used when a verified export still fails to load). Concurrent
+    callers export once (a lock file beside the export). ``cache_dir`` defaults to
+    :func:`default_export_dir`; one that cannot be written raises
+    :class:`~tokenmask_ros.runtime.errors.CacheError`.
 
     An ``.onnx`` path is returned as it is, after checking it is a tokenmask export: its
     precision is fixed in the graph and wins. Callers resolve 'auto' before asking, so a
@@ -314,14 +329,60 @@ def cached_onnx(checkpoint_path: str | Path, precision: str,
 
     config = load_config(path)
     height, width = config.img_size
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache = Path(cache_dir) if cache_dir is not None else default_export_dir()
     target = cache / f'{path.stem}-{file_sha256(path)[:16]}-{height}x{width}-{precision}.onnx'
-    if target.is_file():
-        try:
-            read_onnx_metadata(target)
+    if not force and _verified_export(target, warn=True):
+        return target
+    prepare_cache_dir(cache)
+    with file_lock(target.with_suffix('.lock'),
+                   f'waiting for another process exporting {target.name}'):
+        if not force and _verified_export(target, warn=False):  # exported meanwhile
             return target
-        except ExportError as error:
-            log.warning('re-exporting the cached ONNX file: %s', error)
-    log.info('exporting %s to %s (%s)', path.name, target, precision)
-    return export_onnx(load_checkpoint(path), target, fp16=precision == 'fp16')
+        model = load_checkpoint(path)
+        log.info('exporting %s to %s (%s)', path.name, target, precision)
+        try:
+            _remove_export(target)
+            export_onnx(model, target, fp16=precision == 'fp16')
+            record = {'format': RECORD_FORMAT, 'version': RECORD_VERSION,
+                      'onnx_size': target.stat().st_size, 'onnx_sha256': file_sha256(target)}
+            atomic_write(target.with_suffix('.json'), json.dumps(record, indent=1).encode())
+        except OSError as error:  # disk full, folder made read-only meanwhile
+            raise cache_error(cache, error) from None
+    return target
 
+
+def _verified_export(target: Path, warn: bool) -> bool:
+    """Whether ``target`` matches its checksum sidecar and is a tokenmask export; a damaged
+    one is logged (when ``warn``) and left for the caller to replace."""
+    if not target.is_file():
+        return False
+    problem = _export_problem(target)
+    if problem is not None and warn:
+        log.warning('cached ONNX export %s %s; deleting it and exporting again', target,
+                    problem)
+    return problem is None
+
+
+def _export_problem(target: Path) -> str | None:
+    """Why the cached export ``target`` cannot be trusted, or None when it can."""
+    try:
+        record = json.loads(target.with_suffix('.json').read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return 'has no readable checksum sidecar'
+    if (not isinstance(record, dict) or record.get('format') != RECORD_FORMAT
+            or record.get('version') != RECORD_VERSION):
+        return 'has no checksum sidecar of this version'
+    try:
+        if (target.stat().st_size != record.get('onnx_size')
+                or file_sha256(target) != record.get('onnx_sha256')):
+            return 'does not match the SHA-256 in its sidecar (damaged or altered)'
+        read_onnx_metadata(target)
+    except (OSError, ExportError) as error:
+        return f'is unusable ({error})'
+    return None
+
+
+def _remove_export(target: Path) -> None:
+    """Sidecar first, so a concurrent reader never trusts a half-replaced export."""
+    for path in (target.with_suffix('.json'), target):
+        path.unlink(missing_ok=True)

@@ -4,8 +4,8 @@ One module serves every backend. The torch backend runs it directly; the ONNX ex
 (:mod:`tokenmask_ros.runtime.export`) traces it, so ONNX Runtime and TensorRT compute
 exactly the same thing. Normalisation and the pixel-dense half of panoptic decoding
 (:func:`tokenmask_ros.model.postprocess.dense_panoptic_scores`) live inside the graph
-(``docs/architecture.md``, "The deploy graph"); the host only crops, resizes the integer segment map and does the
-segment bookkeeping.
+(``docs/architecture.md``, "The deploy graph"); the host only crops, resizes the integer
+segment map and does the segment bookkeeping.
 
 Inputs (fixed shapes, batch ``B`` fixed at export):
 

@@ -9,7 +9,9 @@ Three stages, each timed (``last_timing``, milliseconds) for benchmarks and diag
    to the frame's size, and do the segment bookkeeping
    (:func:`~tokenmask_ros.model.postprocess.decode_panoptic`).
 
-All backends run the same graph, so they agree up to floating-point noise.
+All backends run the same graph, so they agree up to floating-point noise. Arguments are
+checked against the model file's config before a backend is built (a TensorRT build takes
+minutes); a backend built by a Segmenter that then fails to start is closed.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tokenmask_ros.defaults import BACKENDS, PRECISIONS
 from tokenmask_ros.model import TokenMaskConfig
 from tokenmask_ros.model.postprocess import (
     LABEL_DIVISOR,
@@ -52,11 +55,36 @@ def check_thresholds(score_threshold: float, overlap_threshold: float,
     """ValueError naming the first bad value (shared by the Segmenter and the ROS node)."""
     for name, value in (('score_threshold', score_threshold),
                         ('overlap_threshold', overlap_threshold)):
-        if not 0.0 <= float(value) <= 1.0:
-            raise ValueError(f'{name} must be in [0, 1], got {value}')
-    if int(label_divisor) <= num_queries:
-        raise ValueError(f'label_divisor must exceed the number of queries ({num_queries}), '
-                         f'got {label_divisor}')
+        _check_fraction(name, value)
+    if (isinstance(label_divisor, bool) or not isinstance(label_divisor, int | np.integer)
+            or label_divisor <= num_queries):
+        raise ValueError(f'label_divisor must be an integer above the number of queries '
+                         f'({num_queries}), got {label_divisor!r}')
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if (isinstance(value, bool) or not isinstance(value, int | float | np.number)
+            or not 0.0 <= float(value) <= 1.0):
+        raise ValueError(f'{name} must be a number in [0, 1], got {value!r}')
+
+
+def check_options(backend: str, device: str, precision: str, max_pixels: int | None) -> None:
+    """ValueError naming the first bad backend / device / precision name or ``max_pixels``."""
+    if backend not in ('auto', *BACKENDS):
+        raise ValueError(f"backend must be 'auto' or one of {', '.join(BACKENDS)}, "
+                         f'got {backend!r}')
+    if not isinstance(device, str) or not (
+            device in ('auto', 'cpu', 'cuda')
+            or (device.startswith('cuda:') and device[5:].isdigit())):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision must be one of {", ".join(PRECISIONS)}, '
+                         f'got {precision!r}')
+    if max_pixels is not None and (isinstance(max_pixels, bool)
+                                   or not isinstance(max_pixels, int | np.integer)
+                                   or max_pixels < 4):
+        raise ValueError(f'max_pixels must be None or an integer of at least 4 (2x2), '
+                         f'got {max_pixels!r}')
 
 
 class Segmenter:
@@ -74,21 +102,47 @@ class Segmenter:
                  label_divisor: int = LABEL_DIVISOR, cache_dir: str | Path | None = None,
                  force_engine_update: bool = False, compile: bool = False,
                  max_pixels: int | None = None):
+        check_options(backend, device, precision, max_pixels)
+        self.config: TokenMaskConfig = model_config(model_path)  # metadata only: cheap
+        check_thresholds(score_threshold, overlap_threshold, label_divisor,
+                         self.config.num_queries)
+        # A checkpoint without class information: every class is a thing.
+        self.is_thing = thing_flags(self.config.classes or None, self.config.num_classes)
+        self._thresholds = (float(score_threshold), float(overlap_threshold))
+        self.label_divisor = int(label_divisor)
+        self.max_pixels = max_pixels
+        self.last_timing = Timing()
+        self._canvas: np.ndarray | None = None
         self.backend: Backend = create_backend(
             backend, model_path, device=device, precision=precision, cache_dir=cache_dir,
             force_engine_update=force_engine_update, compile=compile)
-        self.config: TokenMaskConfig = model_config(model_path)
-        # A checkpoint without class information: every class is a thing.
-        self.is_thing = thing_flags(self.config.classes or None, self.config.num_classes)
-        self.score_threshold = score_threshold
-        self.overlap_threshold = overlap_threshold
-        self.label_divisor = label_divisor
-        check_thresholds(score_threshold, overlap_threshold, label_divisor,
-                         self.config.num_queries)
-        self.max_pixels = max_pixels
-        self.input_size = tuple(self.backend.input_size)
-        self.last_timing = Timing()
-        self._canvas: np.ndarray | None = None
+        try:
+            self.input_size = tuple(int(s) for s in self.backend.input_size)
+            expected = tuple(int(s) for s in self.config.img_size)
+            if self.input_size != expected:
+                raise ValueError(f'{self.backend.describe()} runs {self.input_size} inputs but '
+                                 f'the model config says {expected}: export the model again')
+        except BaseException:
+            self.backend.close()
+            raise
+
+    @property
+    def score_threshold(self) -> float:
+        return self._thresholds[0]
+
+    @property
+    def overlap_threshold(self) -> float:
+        return self._thresholds[1]
+
+    def set_thresholds(self, score_threshold: float | None = None,
+                       overlap_threshold: float | None = None) -> None:
+        """Check, then apply, new thresholds (None keeps the current one); both change
+        together, so a frame being segmented meanwhile uses either the old or the new pair."""
+        score = self.score_threshold if score_threshold is None else score_threshold
+        overlap = self.overlap_threshold if overlap_threshold is None else overlap_threshold
+        _check_fraction('score_threshold', score)
+        _check_fraction('overlap_threshold', overlap)
+        self._thresholds = (float(score), float(overlap))
 
     @property
     def class_names(self) -> list[str]:
@@ -97,13 +151,14 @@ class Segmenter:
     def __call__(self, image: np.ndarray) -> Prediction:
         """Segment one RGB ``(H, W, 3)`` uint8 frame; the result has the frame's size."""
         start = time.perf_counter()
+        score_threshold, overlap_threshold = self._thresholds  # one consistent pair
         image = check_image(image, self.max_pixels)
         if self._canvas is None:
             self._canvas = np.zeros((*self.input_size, 3), np.uint8)
         canvas, box = letterbox(image, self.input_size, out=self._canvas)
         content = np.array(box.content_size, np.int32)
         prepared = time.perf_counter()
-        scores = self.backend.run(canvas, content, float(self.score_threshold))
+        scores = self.backend.run(canvas, content, score_threshold)
         inferred = time.perf_counter()
         content_h, content_w = box.content_size
         segment_map = scores.segment_map[0, :content_h, :content_w]
@@ -112,7 +167,7 @@ class Segmenter:
                                      interpolation=cv2.INTER_NEAREST)
         scores = scores._replace(segment_map=segment_map[None])
         prediction = decode_panoptic(scores, self.is_thing,
-                                     overlap_threshold=self.overlap_threshold,
+                                     overlap_threshold=overlap_threshold,
                                      label_divisor=self.label_divisor)
         done = time.perf_counter()
         self.last_timing = Timing(1e3 * (prepared - start), 1e3 * (inferred - prepared),

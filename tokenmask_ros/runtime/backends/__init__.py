@@ -4,15 +4,17 @@ only when their backend is asked for, so this package imports on any machine."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from tokenmask_ros.defaults import AUTO_ORDER, BACKENDS, PRECISIONS
-from tokenmask_ros.runtime.backends.base import Backend, BackendUnavailable
+from tokenmask_ros.runtime.backends.base import Backend
+from tokenmask_ros.runtime.errors import BackendUnavailable, CacheError, LoadError, one_line
 
 log = logging.getLogger('tokenmask_ros.runtime')
 
 __all__ = ['AUTO_ORDER', 'BACKENDS', 'Backend', 'BackendUnavailable', 'create_backend',
-           'resolve_device']
+           'open_cached_onnx', 'resolve_device']
 
 
 def resolve_device(device: str) -> str:
@@ -41,24 +43,17 @@ def create_backend(name: str, model_path: str | Path, *, device: str = 'auto',
 
     ``model_path``: a TokenMask ``.safetensors`` checkpoint (every backend; ONNX files are
     exported into ``cache_dir`` on first use) or an exported ``.onnx`` file (onnxruntime,
-    tensorrt). Raises :class:`BackendUnavailable` with one sentence when it cannot run.
+    tensorrt). Raises :class:`BackendUnavailable` with one sentence when it cannot run,
+    including its subclasses :class:`~tokenmask_ros.runtime.errors.CacheError` (cache folder
+    unusable), :class:`~tokenmask_ros.runtime.errors.EngineBuildError` (TensorRT could not
+    build) and :class:`~tokenmask_ros.runtime.errors.LoadError`. A cached ONNX export that
+    its runtime refuses to load is deleted and exported again once.
     """
     device = resolve_device(device)
     if name == 'auto':
-        reasons = []
-        for candidate in AUTO_ORDER:
-            try:
-                backend = create_backend(candidate, model_path, device=device,
-                                         precision=precision, cache_dir=cache_dir,
-                                         force_engine_update=force_engine_update,
-                                         compile=compile)
-            except BackendUnavailable as error:
-                reasons.append(f'{candidate}: {error}')
-                continue
-            log.info('backend auto: using %s%s', backend.describe(),
-                     ''.join(f'; skipped {r}' for r in reasons))
-            return backend
-        raise BackendUnavailable('no backend can run here: ' + '; '.join(reasons))
+        options = {'device': device, 'precision': precision, 'cache_dir': cache_dir,
+                   'force_engine_update': force_engine_update, 'compile': compile}
+        return _first_that_starts(model_path, options)
     if name not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {name!r}")
     precision = _precision(precision, device)
@@ -73,16 +68,62 @@ def create_backend(name: str, model_path: str | Path, *, device: str = 'auto',
         from tokenmask_ros.runtime.backends.torch_backend import TorchBackend
 
         return TorchBackend(load_checkpoint(path), device, precision, compile=compile)
-    from tokenmask_ros.runtime.export import cached_onnx
-
     if name == 'onnxruntime':
         from tokenmask_ros.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
-        onnx_path = cached_onnx(path, precision, cache_dir)
-        return OnnxRuntimeBackend(onnx_path, device)
+        return open_cached_onnx(path, precision, cache_dir, lambda onnx_path: (
+            OnnxRuntimeBackend(onnx_path, device, cache_dir=cache_dir)))
     from tokenmask_ros.runtime.backends.tensorrt_backend import TensorRTBackend
 
     TensorRTBackend.check_available(device)  # fail before spending time on an export
-    onnx_path = cached_onnx(path, precision, cache_dir)
-    return TensorRTBackend(onnx_path, device, cache_dir=cache_dir,
-                           force_rebuild=force_engine_update)
+    return open_cached_onnx(path, precision, cache_dir, lambda onnx_path: TensorRTBackend(
+        onnx_path, device, cache_dir=cache_dir, force_rebuild=force_engine_update))
+
+
+def _first_that_starts(model_path: str | Path, options: dict) -> Backend:
+    """The first backend of :data:`AUTO_ORDER` that starts; each one skipped is logged with
+    its reason (a warning when it is installed but failed: cache, engine build, memory)."""
+    reasons = []
+    for candidate in AUTO_ORDER:
+        try:
+            backend = create_backend(candidate, model_path, **options)
+        except (BackendUnavailable, RuntimeError) as error:  # RuntimeError: CUDA OOM, drivers
+            reason = str(error) if isinstance(error, BackendUnavailable) else one_line(error)
+            failed = type(error) is not BackendUnavailable
+            log.log(logging.WARNING if failed else logging.INFO,
+                    'backend auto: %s %s (%s); trying the next backend', candidate,
+                    'failed' if failed else 'is unavailable', reason)
+            reasons.append(f'{candidate}: {reason}')
+            continue
+        log.info('backend auto: using %s%s', backend.describe(),
+                 ''.join(f'; skipped {r}' for r in reasons))
+        return backend
+    raise BackendUnavailable('no backend can run here: ' + '; '.join(reasons))
+
+
+def open_cached_onnx(model_path: Path, precision: str, cache_dir: str | Path | None,
+                     open_backend: Callable[[Path], Backend]) -> Backend:
+    """``open_backend(onnx)`` on the cached export of ``model_path`` (:func:`cached_onnx`).
+
+    An export from the cache that the runtime refuses (:class:`LoadError`: a damaged node
+    the checksum could not catch, an export from another version) is deleted and exported
+    again once; failing again raises :class:`CacheError`. A user's own ``.onnx`` file is
+    never deleted: its :class:`LoadError` is raised as it is.
+    """
+    from tokenmask_ros.runtime.export import cached_onnx
+
+    onnx_path = cached_onnx(model_path, precision, cache_dir)
+    if model_path.suffix == '.onnx':
+        return open_backend(onnx_path)
+    try:
+        return open_backend(onnx_path)
+    except LoadError as error:
+        log.warning('cached ONNX export %s does not load (%s); exporting it again',
+                    onnx_path, error)
+    onnx_path = cached_onnx(model_path, precision, cache_dir, force=True)
+    try:
+        return open_backend(onnx_path)
+    except LoadError as error:
+        raise CacheError(f'{onnx_path} still does not load after exporting it again '
+                         f'({error}): delete {onnx_path.parent} and retry, or run backend '
+                         'torch') from None

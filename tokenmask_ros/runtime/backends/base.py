@@ -7,10 +7,9 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from tokenmask_ros.model.postprocess import PanopticScores
+from tokenmask_ros.runtime.errors import BackendUnavailable
 
-
-class BackendUnavailable(RuntimeError):  # noqa: N818 (reads as a state, like TimeoutError)
-    """The requested backend cannot run here; the message is one sentence saying why."""
+__all__ = ['Backend', 'BackendUnavailable']
 
 
 class Backend(ABC):

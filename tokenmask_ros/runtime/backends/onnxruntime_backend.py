@@ -2,6 +2,8 @@
 
 Precision and input size come from the file's metadata (an FP16 export runs as FP16; on
 the CPU provider ONNX Runtime computes the FP16 nodes it has no FP16 kernel for in FP32).
+Where onnxruntime has its TensorRT execution provider, that provider's engines and timing
+cache go to ``ort_tensorrt/`` under the runtime's cache folder (``engine_cache_dir``).
 """
 
 from __future__ import annotations
@@ -12,38 +14,50 @@ from pathlib import Path
 import numpy as np
 
 from tokenmask_ros.model.postprocess import PanopticScores
-from tokenmask_ros.runtime.backends.base import Backend, BackendUnavailable
+from tokenmask_ros.runtime.backends.base import Backend
+from tokenmask_ros.runtime.engine_cache import cache_root, prepare_cache_dir
+from tokenmask_ros.runtime.errors import BackendUnavailable, CacheError, LoadError, one_line
 from tokenmask_ros.runtime.graph import INPUT_NAMES, OUTPUT_NAMES
 
 log = logging.getLogger('tokenmask_ros.runtime')
 
 
-def _providers(ort, device: str) -> list:
-    """Execution providers for ``device``, best first; CPU is always the last resort."""
+def providers(available: list[str], device: str, cache_dir: str | Path | None = None) -> list:
+    """Execution providers for ``device`` out of onnxruntime's ``available`` ones, best first;
+    CPU is always the last resort. The TensorRT provider caches its engines and timing cache
+    under ``<cache_dir>/ort_tensorrt`` (default :func:`cache_root`); it is left out, with a
+    warning, when that folder cannot be written (CUDA then runs the whole graph)."""
     if device == 'cpu':
         return ['CPUExecutionProvider']
-    available = ort.get_available_providers()
     if 'CUDAExecutionProvider' not in available:
         raise BackendUnavailable(f'onnxruntime backend: device {device!r} requested but this '
                                  'onnxruntime has no CUDAExecutionProvider (install '
                                  'onnxruntime-gpu)')
     device_id = int(device.partition(':')[2] or 0)
-    providers: list = []
+    chosen: list = []
     if 'TensorrtExecutionProvider' in available:
-        from tokenmask_ros.runtime.export import default_cache_dir
-
-        providers.append(('TensorrtExecutionProvider', {
-            'device_id': device_id, 'trt_engine_cache_enable': True,
-            'trt_engine_cache_path': str(default_cache_dir() / 'ort_tensorrt')}))
-    providers.append(('CUDAExecutionProvider', {'device_id': device_id}))
-    providers.append('CPUExecutionProvider')
-    return providers
+        folder = Path(cache_dir) if cache_dir is not None else cache_root()
+        try:
+            folder = str(prepare_cache_dir(folder / 'ort_tensorrt'))
+        except CacheError as error:
+            log.warning('onnxruntime: not using its TensorRT provider: %s', error)
+        else:
+            chosen.append(('TensorrtExecutionProvider', {
+                'device_id': device_id, 'trt_engine_cache_enable': True,
+                'trt_engine_cache_path': folder, 'trt_timing_cache_enable': True,
+                'trt_timing_cache_path': folder}))
+    chosen.append(('CUDAExecutionProvider', {'device_id': device_id}))
+    chosen.append('CPUExecutionProvider')
+    return chosen
 
 
 class OnnxRuntimeBackend(Backend):
     name = 'onnxruntime'
 
-    def __init__(self, onnx_path: str | Path, device: str = 'cpu'):
+    def __init__(self, onnx_path: str | Path, device: str = 'cpu',
+                 cache_dir: str | Path | None = None):
+        """``cache_dir``: the runtime's cache folder, for the TensorRT provider's cache
+        (:func:`providers`). A file onnxruntime refuses to load raises :class:`LoadError`."""
         try:
             import onnxruntime as ort
         except ImportError as error:
@@ -59,8 +73,12 @@ class OnnxRuntimeBackend(Backend):
         self.device = device
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(self.path), options,
-                                            providers=_providers(ort, device))
+        chosen = providers(ort.get_available_providers(), device, cache_dir)
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=chosen)
+        except Exception as error:  # onnxruntime's InvalidArgument, Fail, InvalidGraph, ...
+            raise LoadError(f'onnxruntime cannot load {self.path} ({one_line(error)}); '
+                            'export it again') from None
         metadata = parse_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
         if metadata['batch'] != 1:
             raise ValueError(f'{self.path} was exported for batch {metadata["batch"]}; the '
