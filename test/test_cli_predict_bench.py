@@ -12,8 +12,10 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import struct
 import subprocess
 import sys
+import zlib
 
 import cv2
 import numpy as np
@@ -186,7 +188,7 @@ def test_predict_input_errors_are_one_line_with_exit_status_2(checkpoint, inputs
     cases = [
         ([str(tmp_path / 'missing.png')], checkpoint, 'input not found'),
         ([str(empty)], checkpoint, 'has no images'),
-        ([str(folder), str(broken)], checkpoint, 'cannot read image'),
+        ([str(broken)], checkpoint, 'cannot read image'),
         ([str(tmp_path / 'notes.txt')], checkpoint, 'cannot open video file'),
         ([str(folder)], tmp_path / 'none.safetensors', 'model file not found'),
     ]
@@ -204,7 +206,7 @@ def test_predict_model_and_decoding_errors_exit_2(checkpoint, inputs, tmp_path, 
     code, _, stderr = run_main(capsys, 'predict', '--model', str(checkpoint), '--backend',
                                'torch', '--score-threshold', '2', str(folder), '-o',
                                str(tmp_path / 'out'))
-    assert code == 2 and 'score_threshold must be in [0, 1], got 2.0' in stderr
+    assert code == 2 and 'score_threshold must be' in stderr and 'got 2.0' in stderr
     # A PNG cut short passes the header check and fails while decoding, after the model
     # loaded (a progress bar may precede the error): still exit 2, error on the last line.
     truncated = tmp_path / 'truncated.png'
@@ -214,6 +216,114 @@ def test_predict_model_and_decoding_errors_exit_2(checkpoint, inputs, tmp_path, 
                                str(tmp_path / 'out'))
     assert code == 2
     assert 'cannot read image' in stderr.strip().splitlines()[-1]
+
+
+def png_declaring(path, width: int, height: int):
+    """A small real PNG whose IHDR declares ``width`` x ``height`` (CRC recomputed): a
+    decompression bomb's header, a few hundred bytes on disk."""
+    data = bytearray(cv2.imencode('.png', np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+    assert data[12:16] == b'IHDR'
+    data[16:24] = struct.pack('>II', width, height)
+    data[29:33] = struct.pack('>I', zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_predict_skips_unreadable_and_oversized_files_and_writes_the_rest(
+        checkpoint, inputs, tmp_path):
+    folder = tmp_path / 'mixed'
+    folder.mkdir()
+    for name in ('img1.png', 'img2.png'):
+        (folder / name).write_bytes((inputs[0] / name).read_bytes())
+    png_declaring(folder / 'big.png', 16384, 16384)
+    (folder / 'x.png').write_text('not an image, despite its name')
+    out = tmp_path / 'out'
+    result = tokenmask('predict', '--model', str(checkpoint), '--backend', 'torch',
+                       '--device', 'cpu', '--quiet', str(folder), '-o', str(out))
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert 'Traceback' not in result.stderr and len(lines) == 3, result.stderr
+    big = next(line for line in lines if 'big.png' in line)
+    assert big.startswith('tokenmask predict: warning: skipped: ')
+    assert '16384x16384' in big and '--max-pixels' in big
+    assert any('x.png' in line and 'cannot read image' in line for line in lines)
+    assert lines[-1].startswith('tokenmask predict: error: 2 of 4 inputs skipped')
+    data = json.loads((out / 'predictions.json').read_text())
+    assert [i['file_name'] for i in data['images']] == ['img1.png', 'img2.png']
+    assert sorted(p.name for p in (out / 'panoptic').iterdir()) == ['img1.png', 'img2.png']
+
+
+def test_predict_max_pixels_applies_to_images_and_video_headers(checkpoint, inputs, tmp_path,
+                                                                capsys):
+    folder, video = inputs  # img1 160x120 = 19200, img2 90x130 = 11700, video 112x80 = 8960
+    code, _, stderr = run_main(capsys, 'predict', '--model', str(checkpoint), '--backend',
+                               'torch', '--device', 'cpu', '--quiet', '--max-pixels', '12000',
+                               str(folder), str(video), '-o', str(tmp_path / 'out'))
+    assert code == 1
+    assert 'img1.png' in stderr and '160x120' in stderr and 'img2.png' not in stderr
+    assert stderr.strip().splitlines()[-1].startswith(
+        'tokenmask predict: error: 1 of 3 inputs skipped')
+    data = json.loads((tmp_path / 'out' / 'predictions.json').read_text())
+    assert [i['file_name'] for i in data['images']] == [
+        'img2.png', 'clip_000000.png', 'clip_000001.png', 'clip_000002.png']
+    # The video alone, over the limit: refused from its capture properties, before the
+    # model loads; a lone input's problem is the run's error (exit 2, one line).
+    result = tokenmask('predict', '--model', str(checkpoint), '--max-pixels', '8000',
+                       str(video), '-o', str(tmp_path / 'video_out'))
+    assert result.returncode == 2
+    assert result.stderr.count('\n') == 1 and '112x80 frames' in result.stderr
+    assert '--max-pixels' in result.stderr
+    code, _, stderr = run_main(capsys, 'predict', '--model', str(checkpoint), '--max-pixels',
+                               '100', str(folder), '-o', str(tmp_path / 'none'))
+    assert code == 2 and 'error: 2 of 2 inputs skipped' in stderr
+    assert not (tmp_path / 'none' / 'predictions.json').exists()
+
+
+def test_predict_refuses_a_checkpoint_whose_metadata_reaches_for_a_file(checkpoint, inputs,
+                                                                        tmp_path):
+    """backend_kwargs {'checkpoint_path': ...} would make timm load that file: refused."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(checkpoint), framework='pt') as handle:
+        metadata = handle.metadata()
+        state = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    config = json.loads(metadata['config'])
+    config['backbone_kwargs'] = {'checkpoint_path': '/etc/passwd'}
+    hostile = tmp_path / 'hostile.safetensors'
+    save_file(state, str(hostile), metadata={**metadata, 'config': json.dumps(config)})
+    result = tokenmask('predict', '--model', str(hostile), '--backend', 'torch', '--device',
+                       'cpu', str(inputs[0]), '-o', str(tmp_path / 'out'))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'Traceback' not in result.stderr, result.stderr
+    assert lines[0].startswith('tokenmask predict: error: ')
+    assert "'checkpoint_path' is not allowed" in lines[0]
+
+
+def test_predict_and_bench_default_to_the_bundled_model(inputs, tmp_path, capsys, monkeypatch):
+    from tokenmask_ros.bundled import BUNDLED_MODELS, default_model_path
+
+    monkeypatch.chdir(tmp_path)  # the bare file name must not depend on the folder
+    image = str(inputs[0] / 'img1.png')
+    code, _, stderr = run_main(capsys, 'predict', '--backend', 'torch', '--device', 'cpu',
+                               '--quiet', image, '-o', 'default')
+    assert code == 0, stderr
+    code, _, stderr = run_main(capsys, 'predict', '--model', BUNDLED_MODELS[0], '--backend',
+                               'torch', '--device', 'cpu', '--quiet', image, '-o', 'named')
+    assert code == 0, stderr
+    for out in ('default', 'named'):
+        info = json.loads((tmp_path / out / 'predictions.json').read_text())['info']
+        assert info['model'] == str(default_model_path())
+    code, _, stderr = run_main(capsys, 'bench', '--device', 'cpu', '--backends', 'torch',
+                               '--precisions', 'fp32', '--size', '64x48', '--warmup', '0',
+                               '--repeats', '1', '--quiet', '-o', 'bench')
+    assert code == 0, stderr
+    with (tmp_path / 'bench' / 'bench.csv').open() as handle:
+        assert [r['status'] for r in csv.DictReader(handle)] == ['ok']
+    code, _, stderr = run_main(capsys, 'predict', '--model', './' + BUNDLED_MODELS[0], image,
+                               '-o', 'x')
+    assert code == 2 and 'model file not found: ' in stderr  # a path is taken literally
 
 
 # --- bench -----------------------------------------------------------------------------
@@ -289,10 +399,10 @@ def test_cost_benchmark_times_the_segmenter_per_backend(tmp_path, capsys):
 
 
 def test_export_writes_a_checked_onnx_at_the_requested_size(checkpoint, tmp_path, capsys):
-    """`tokenmask export --size H W`: the graph takes that size, keeps the model's classes,
+    """`tokenmask export --size WxH`: the graph takes that size, keeps the model's classes,
     and runs in onnxruntime with the checkpoint's predictions on a full-size frame."""
     out = tmp_path / 'model.onnx'
-    assert cli.main(['export', str(checkpoint), '-o', str(out), '--size', '64', '96']) == 0
+    assert cli.main(['export', str(checkpoint), '-o', str(out), '--size', '96x64']) == 0
     assert 'input 96x64' in capsys.readouterr().out
     from tokenmask_ros.runtime import read_onnx_config, read_onnx_metadata
     assert read_onnx_metadata(out)['precision'] == 'fp32'
@@ -303,7 +413,7 @@ def test_export_writes_a_checked_onnx_at_the_requested_size(checkpoint, tmp_path
     assert (torch_result.panoptic == onnx_result.panoptic).mean() >= 0.999
 
     resized = tmp_path / 'resized.onnx'
-    assert cli.main(['export', str(checkpoint), '-o', str(resized), '--size', '96', '128']) == 0
+    assert cli.main(['export', str(checkpoint), '-o', str(resized), '--size', '128x96']) == 0
     assert read_onnx_config(resized).img_size == (96, 128)
     assert Segmenter(resized, 'onnxruntime', 'cpu')(frame).panoptic.shape == (64, 96)
 
@@ -312,8 +422,13 @@ def test_export_and_build_engine_errors(checkpoint, tmp_path, capsys):
     assert cli.main(['export', str(tmp_path / 'nope.safetensors'), '-o', 'x.onnx']) == 2
     assert 'checkpoint not found' in capsys.readouterr().err
     assert cli.main(['export', str(checkpoint), '-o', str(tmp_path / 'x.onnx'),
-                     '--size', '60', '96']) == 2
-    assert 'multiples of 16' in capsys.readouterr().err
+                     '--size', '96x60']) == 2
+    assert 'multiples of 16 (the patch size), e.g. 640x480' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # the old `--size H W` form
+        cli.main(['export', str(checkpoint), '-o', str(tmp_path / 'x.onnx'), '--size', '64',
+                  '96'])
+    assert exit_info.value.code == 2
+    assert "expected WIDTHxHEIGHT, e.g. 640x480, got '64'" in capsys.readouterr().err
     # No TensorRT / GPU here: one clear line, exit 1 (on a GPU host this builds the engine).
     if importlib.util.find_spec('tensorrt') is None:
         assert cli.main(['build-engine', str(checkpoint)]) == 1

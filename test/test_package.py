@@ -56,7 +56,8 @@ def test_parameter_file_matches_the_node_defaults(ros_node):
 
 
 def test_model_and_runtime_packages_do_not_import_ros():
-    """`model/` and `runtime/` must work on machines without ROS (docs/architecture.md, "Layers")."""
+    """`model/` and `runtime/` must work on machines without ROS (docs/architecture.md,
+    "Layers")."""
     offenders = []
     for folder in ('model', 'runtime'):
         for path in (REPO_ROOT / 'tokenmask_ros' / folder).rglob('*.py'):
@@ -97,3 +98,19 @@ def test_bundled_model_is_found_without_a_sourced_ros_environment():
     assert hinted.startswith('checkpoint not found: x/tokenmask_vit_tiny_synthetic.safetensors')
     assert f'the bundled model in this checkout is {found}' in hinted
     assert plain == 'checkpoint not found: x/mine.safetensors'
+
+
+def test_resolve_model_path_finds_the_bundled_model_by_default_and_by_bare_name(
+        tmp_path, monkeypatch):
+    from tokenmask_ros.bundled import BUNDLED_MODELS, default_model_path, resolve_model_path
+
+    monkeypatch.chdir(tmp_path)
+    bundled = default_model_path()
+    assert resolve_model_path(None) == resolve_model_path('') == bundled
+    assert resolve_model_path(BUNDLED_MODELS[0]) == bundled
+    # A path with a folder part is taken literally, even when it does not exist.
+    assert resolve_model_path(f'./{BUNDLED_MODELS[0]}') == Path(BUNDLED_MODELS[0])
+    assert resolve_model_path('other.safetensors') == Path('other.safetensors')
+    # A file of that name in the working folder wins over the bundled copy.
+    (tmp_path / BUNDLED_MODELS[0]).write_bytes(b'mine')
+    assert resolve_model_path(BUNDLED_MODELS[0]) == Path(BUNDLED_MODELS[0])

@@ -90,3 +90,31 @@ def test_empty_folder_and_corrupt_video_are_errors(tmp_path):
     bad.write_bytes(b'\x00' * 100)
     with pytest.raises(SourceError, match='cannot open video file'):
         open_source(str(bad))
+
+
+def test_folder_source_skips_images_over_max_pixels_before_decoding(tmp_path):
+    import struct
+    import zlib
+
+    images = write_images(tmp_path, 2, size=(24, 32))  # 32x24 = 768 pixels each
+    cv2.imwrite(str(tmp_path / 'frame1a.png'), np.zeros((40, 40, 3), np.uint8))  # 1600
+    bomb = bytearray(cv2.imencode('.png', np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+    bomb[16:24] = struct.pack('>II', 16384, 16384)  # IHDR: 2^28 pixels declared
+    bomb[29:33] = struct.pack('>I', zlib.crc32(bytes(bomb[12:29])))
+    (tmp_path / 'frame0b.png').write_bytes(bytes(bomb))
+    source = FolderSource(tmp_path, loop=False, max_pixels=1000)
+    frames = list(source)
+    assert len(frames) == 2
+    np.testing.assert_array_equal(frames[1].pixels, images[1])
+    assert sorted(p.name for p in source.unreadable) == ['frame0b.png', 'frame1a.png']
+
+
+def test_video_over_max_pixels_is_refused_from_its_capture_properties(tmp_path):
+    path = tmp_path / 'clip.avi'
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'MJPG'), 10, (64, 48))
+    writer.write(np.zeros((48, 64, 3), np.uint8))
+    writer.release()
+    with pytest.raises(SourceError, match=r'64x48 frames = 3072 pixels, more than the limit'):
+        CaptureSource(str(path), max_pixels=3000)
+    with CaptureSource(str(path), max_pixels=3072) as source:
+        assert source.read().pixels.shape == (48, 64, 3)

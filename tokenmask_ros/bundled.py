@@ -9,6 +9,7 @@ benchmarks without a configuration change.
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 PACKAGE = 'tokenmask_ros'
@@ -40,6 +41,28 @@ def default_model_path() -> Path:
                 return folder / name
     raise FileNotFoundError(f'no bundled model ({", ".join(BUNDLED_MODELS)}) in '
                             f'{", ".join(str(d) for d in dirs)}; pass a model path')
+
+
+def resolve_model_path(model: str | Path | None) -> Path:
+    """The model file a user means: the bundled default for ``None``/``''``, the given path
+    when it exists, a bundled file for a bare bundled file name (``--model
+    tokenmask_vit_tiny_synthetic.safetensors`` from any folder), else the path unchanged.
+
+    Every place that takes a model path (CLI, demo, node parameter) goes through here, so
+    the names in the model card work everywhere. ``FileNotFoundError`` only when no bundled
+    model exists for the default; a missing explicit path is left to the caller's check
+    (use :func:`not_found_message`).
+    """
+    if model is None or not str(model).strip():
+        return default_model_path()
+    text = str(model).strip()
+    path = Path(text).expanduser()
+    if path.exists() or '/' in text or os.sep in text:  # a file, or a path with folders
+        return path
+    for folder in model_dirs():
+        if (folder / path.name).is_file():
+            return folder / path.name
+    return path
 
 
 def not_found_message(what: str, path: str | Path) -> str:

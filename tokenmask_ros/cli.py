@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 
 from tokenmask_ros import __version__
-from tokenmask_ros.bundled import not_found_message
+from tokenmask_ros.bundled import BUNDLED_MODELS, not_found_message, resolve_model_path
 from tokenmask_ros.defaults import (  # torch-free: building the parser stays fast
     BACKENDS,
     LABEL_DIVISOR,
+    MAX_IMAGE_PIXELS,
     OVERLAP_THRESHOLD,
     PRECISIONS,
     SCORE_THRESHOLD,
@@ -117,10 +118,23 @@ def _error(command: str, message, code: int) -> int:
     return code
 
 
+def _find_model(text: str | None, what: str = 'model file') -> Path:
+    """The model file a --model value names (see ``resolve_model_path``: the bundled model
+    by default or by its bare file name); FileNotFoundError with a one-line message."""
+    path = resolve_model_path(text)
+    if not path.is_file():
+        raise FileNotFoundError(not_found_message(what, path))
+    return path
+
+
+MODEL_HELP = ('TokenMask checkpoint (.safetensors) or exported .onnx file; a bare bundled file '
+              f'name ({", ".join(BUNDLED_MODELS)}) finds the bundled copy')
+
+
 def _model_options(parser: argparse.ArgumentParser) -> None:
     """--model, --device, --cache-dir: what predict and bench load, where, with which cache."""
-    parser.add_argument('--model', required=True, metavar='PATH',
-                        help='TokenMask checkpoint (.safetensors) or exported .onnx file')
+    parser.add_argument('--model', metavar='PATH',
+                        help=f'{MODEL_HELP} (default: the bundled model, {BUNDLED_MODELS[0]})')
     parser.add_argument('--device', default='auto',
                         help="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N' "
                         '(default auto)')
@@ -147,12 +161,10 @@ def _threshold_options(parser: argparse.ArgumentParser) -> None:
 def _predict_inputs(paths: list[str]) -> list[tuple[Path, str]]:
     """``(path, 'image' | 'video')`` for every input, folders expanded to their images.
 
-    SourceError (missing input, folder without images, a file whose header no OpenCV
-    decoder knows, video OpenCV cannot open) before any model is loaded.
+    SourceError (missing input, folder without images, nothing given) before any model is
+    loaded; whether each file is readable is found out per file (see :func:`_precheck`).
     """
-    import cv2
-
-    from tokenmask_ros.sources import IMAGE_SUFFIXES, CaptureSource, FolderSource, SourceError
+    from tokenmask_ros.sources import IMAGE_SUFFIXES, FolderSource, SourceError
 
     items = []
     for text in paths:
@@ -161,17 +173,34 @@ def _predict_inputs(paths: list[str]) -> list[tuple[Path, str]]:
             items += [(p, 'image') for p in FolderSource(path, loop=False).paths]
         elif not path.exists():
             raise SourceError(f'input not found: {path}')
-        elif path.suffix.lower() in IMAGE_SUFFIXES:
-            items.append((path, 'image'))
         else:
-            CaptureSource(str(path)).close()  # fails now, not after the images before it
-            items.append((path, 'video'))
-    for path, kind in items:
-        if kind == 'image' and not cv2.haveImageReader(str(path)):  # reads the header only
-            raise SourceError(f'cannot read image {path} (not an image OpenCV can decode)')
+            items.append((path, 'image' if path.suffix.lower() in IMAGE_SUFFIXES else 'video'))
     if not items:
         raise SourceError('no input images or videos given')
     return items
+
+
+def _precheck(path: Path, kind: str, max_pixels: int) -> str | None:
+    """Why an input cannot be used, from its header only (no pixels decoded); None if it
+    looks usable. Lets a run whose only input is bad fail before the model loads."""
+    import cv2
+
+    from tokenmask_ros.sources import CaptureSource, SourceError
+
+    if kind == 'image':
+        if cv2.haveImageReader(str(path)):  # reads the signature only
+            return None
+        return f'cannot read image {path} (not an image OpenCV can decode)'
+    try:
+        CaptureSource(str(path), max_pixels=max_pixels).close()
+    except SourceError as error:
+        return _limit_hint(str(error))
+    return None
+
+
+def _limit_hint(message: str) -> str:
+    """Point a size refusal at the option that lifts it."""
+    return f'{message} (raise --max-pixels to allow it)' if 'more than' in message else message
 
 
 def _video_frame_count(path: Path) -> int:
@@ -184,16 +213,38 @@ def _video_frame_count(path: Path) -> int:
         capture.release()
 
 
-def _predict_frames(items: list[tuple[Path, str]]):
-    """``(name, RGB frame, images[] fields)`` for every image and every video frame.
+def _input_frames(path: Path, kind: str, max_pixels: int, unique):
+    """``(name, RGB frame, images[] fields)`` for one image or every frame of one video.
 
-    Names: the image's stem, ``<video stem>_<frame:06d>`` for video frames, made unique
-    with ``_2``, ``_3``... when two inputs share a stem. SourceError for an unreadable image.
+    Names: the image's stem, ``<video stem>_<frame:06d>`` for video frames, made unique by
+    ``unique``. SourceError (one line, naming the file) when the input cannot be read or is
+    larger than ``max_pixels``; an image's size is checked from its header before decoding.
     """
     import cv2
 
+    from tokenmask_ros.image_io import read_image_file
     from tokenmask_ros.sources import CaptureSource, SourceError
 
+    if kind == 'image':
+        try:
+            bgr = read_image_file(path, max_pixels)
+        except (ValueError, OSError) as error:
+            raise SourceError(_limit_hint(f'cannot read image {error}')) from None
+        yield unique(path.stem), cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), {
+            'file_name': path.name, 'source': str(path)}
+        return
+    try:
+        with CaptureSource(str(path), max_pixels=max_pixels) as video:
+            for frame in video:
+                name = unique(f'{path.stem}_{frame.index:06d}')
+                yield name, cv2.cvtColor(frame.pixels, cv2.COLOR_BGR2RGB), {
+                    'file_name': f'{name}.png', 'source': str(path), 'frame': frame.index}
+    except SourceError as error:
+        raise SourceError(_limit_hint(str(error))) from None
+
+
+def _unique_names():
+    """A function that returns each name once, then ``name_2``, ``name_3``..."""
     used: dict[str, int] = {}
 
     def unique(name: str) -> str:
@@ -201,19 +252,30 @@ def _predict_frames(items: list[tuple[Path, str]]):
         used[name] = count
         return name if count == 1 else unique(f'{name}_{count}')
 
-    for path, kind in items:
-        if kind == 'image':
-            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise SourceError(f'cannot read image {path} (not an image OpenCV can decode)')
-            yield unique(path.stem), cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), {
-                'file_name': path.name, 'source': str(path)}
-            continue
-        with CaptureSource(str(path)) as video:
-            for frame in video:
-                name = unique(f'{path.stem}_{frame.index:06d}')
-                yield name, cv2.cvtColor(frame.pixels, cv2.COLOR_BGR2RGB), {
-                    'file_name': f'{name}.png', 'source': str(path), 'frame': frame.index}
+    return unique
+
+
+class _Skipped:
+    """Inputs a run leaves out: one warning line each when there are several inputs (a
+    lone input's problem is the run's error instead)."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.reasons: list[str] = []
+
+    def add(self, reason: str, write=None) -> None:
+        self.reasons.append(reason)
+        if self.total > 1:
+            line = f'tokenmask predict: warning: skipped: {reason}'
+            (write or (lambda text: print(text, file=sys.stderr)))(line)
+
+    def __len__(self) -> int:
+        return len(self.reasons)
+
+    def message(self) -> str:
+        if self.total == 1 and self.reasons:
+            return self.reasons[0]
+        return f'{len(self.reasons)} of {self.total} inputs skipped (see the warnings above)'
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -222,35 +284,70 @@ def cmd_predict(args: argparse.Namespace) -> int:
     Writes into --output-dir: panoptic/<frame>.png (segment id = R + 256 G + 256^2 B, ids
     1..N per frame, 0 = void), predictions.json (COCO-panoptic images / annotations /
     categories; category id = the model's class index, segments keep their panoptic id as
-    panoptic_id), and overlay/<frame>.jpg unless --no-overlay.
+    panoptic_id), and overlay/<frame>.jpg unless --no-overlay. An unreadable input, or one
+    larger than --max-pixels (checked from its header before decoding), is skipped with a
+    warning; the others are still written.
     """
     from tokenmask_ros.sources import SourceError
 
+    if args.max_pixels < 1:
+        return _error('predict', f'--max-pixels must be >= 1, got {args.max_pixels}', 2)
     try:  # checked before torch is even imported
         items = _predict_inputs(args.inputs)
+        model = _find_model(args.model)
+    except (SourceError, FileNotFoundError) as error:
+        return _error('predict', error, 2)
+    skipped = _Skipped(len(items))
+    usable = []
+    for path, kind in items:
+        reason = _precheck(path, kind, args.max_pixels)
+        if reason:
+            skipped.add(reason)
+        else:
+            usable.append((path, kind))
+    if not usable:
+        return _error('predict', skipped.message(), 2)
+
+    from tokenmask_ros.model import CheckpointError
+    from tokenmask_ros.runtime import BackendUnavailable, Segmenter
+
+    try:
+        segmenter = Segmenter(model, args.backend, args.device, args.precision,
+                              score_threshold=args.score_threshold,
+                              overlap_threshold=args.overlap_threshold,
+                              label_divisor=args.label_divisor, cache_dir=args.cache_dir,
+                              max_pixels=args.max_pixels)
+    except (FileNotFoundError, CheckpointError, ValueError) as error:
+        return _error('predict', error, 2)
+    except (BackendUnavailable, ImportError) as error:
+        return _error('predict', error, 1)
+    backend = segmenter.backend.describe()
+    try:
+        timings, json_path, writer = _segment_inputs(segmenter, usable, skipped, model, args)
     except SourceError as error:
         return _error('predict', error, 2)
-    if not Path(args.model).is_file():
-        return _error('predict', not_found_message('model file', args.model), 2)
+    except OSError as error:
+        return _error('predict', error, 1)
+    finally:
+        segmenter.close()
+    if not args.quiet:
+        _print_predict_summary(timings, backend, json_path, writer, args)
+    return _error('predict', skipped.message(), 1) if skipped else 0
 
-    import numpy as np
+
+def _segment_inputs(segmenter, items, skipped: _Skipped, model: Path, args):
+    """Segment every frame of ``items``; skip (and record) inputs that fail to read.
+
+    Returns the per-frame timings, the written predictions.json and the PanopticWriter.
+    SourceError when no frame at all was segmented.
+    """
     from tqdm import tqdm
 
     from tokenmask_ros import viz
     from tokenmask_ros.coco_panoptic_io import PanopticWriter, categories_json
     from tokenmask_ros.image_io import write_rgb
-    from tokenmask_ros.model import CheckpointError
-    from tokenmask_ros.runtime import BackendUnavailable, InputError, Segmenter
-
-    try:
-        segmenter = Segmenter(args.model, args.backend, args.device, args.precision,
-                              score_threshold=args.score_threshold,
-                              overlap_threshold=args.overlap_threshold,
-                              label_divisor=args.label_divisor, cache_dir=args.cache_dir)
-    except (FileNotFoundError, CheckpointError, ValueError) as error:
-        return _error('predict', error, 2)
-    except (BackendUnavailable, ImportError) as error:
-        return _error('predict', error, 1)
+    from tokenmask_ros.runtime import InputError
+    from tokenmask_ros.sources import SourceError
 
     backend = segmenter.backend.describe()
     config = segmenter.config
@@ -260,45 +357,48 @@ def cmd_predict(args: argparse.Namespace) -> int:
     writer = PanopticWriter(out, categories_json(names, segmenter.is_thing, colors),
                             label_divisor=args.label_divisor)
     total = sum(1 if kind == 'image' else _video_frame_count(path) for path, kind in items)
+    unique = _unique_names()
     timings = []
-    try:
-        with tqdm(total=total or None, desc='predict', unit='frame',
-                  disable=args.quiet) as progress:
-            for image_id, (name, rgb, fields) in enumerate(_predict_frames(items)):
-                try:
+    with tqdm(total=total or None, desc='predict', unit='frame',
+              disable=args.quiet) as progress:
+        for path, kind in items:
+            try:
+                for name, rgb, fields in _input_frames(path, kind, args.max_pixels, unique):
                     prediction = segmenter(rgb)
-                except InputError as error:
-                    raise SourceError(f'{fields["source"]}: {error}') from None
-                timings.append(segmenter.last_timing)
-                writer.add(prediction, name, image_id, **fields)
-                if not args.no_overlay:
-                    blended = viz.draw_overlay(rgb, prediction, names, colors)
-                    write_rgb(out / 'overlay' / f'{name}.jpg', blended)
-                progress.update()
-        if not timings:
-            raise SourceError('the inputs hold no frames (empty videos?)')
-        info = {'description': 'tokenmask predict', 'model': str(args.model),
-                'backend': backend, 'label_divisor': args.label_divisor,
-                'score_threshold': args.score_threshold,
-                'overlap_threshold': args.overlap_threshold}
-        json_path = writer.write_json(out / 'predictions.json', info=info)
-    except SourceError as error:
-        return _error('predict', error, 2)
-    except OSError as error:
-        return _error('predict', error, 1)
-    finally:
-        segmenter.close()
-    if not args.quiet:
-        mean = {stage: float(np.mean([getattr(t, stage) for t in timings]))
-                for stage in ('preprocess', 'inference', 'postprocess')}
-        print(f'segmented {len(timings)} frame(s) with {backend}: '
-              f'{sum(mean.values()):.1f} ms/frame (preprocess {mean["preprocess"]:.1f}, '
-              f'inference {mean["inference"]:.1f}, postprocess {mean["postprocess"]:.1f})')
-        written = [str(json_path), str(writer.panoptic_dir)]
-        if not args.no_overlay:
-            written.append(str(out / 'overlay'))
-        print(f'wrote {", ".join(written)}')
-    return 0
+                    timings.append(segmenter.last_timing)
+                    writer.add(prediction, name, len(timings) - 1, **fields)
+                    if not args.no_overlay:
+                        blended = viz.draw_overlay(rgb, prediction, names, colors)
+                        write_rgb(out / 'overlay' / f'{name}.jpg', blended)
+                    progress.update()
+            except (SourceError, InputError) as error:
+                reason = str(error) if isinstance(error, SourceError) else f'{path}: {error}'
+                skipped.add(reason, lambda text: progress.write(text, file=sys.stderr))
+                if kind == 'image':
+                    progress.update()
+    if not timings:
+        raise SourceError(skipped.message() if skipped
+                          else 'the inputs hold no frames (empty videos?)')
+    info = {'description': 'tokenmask predict', 'model': str(model),
+            'backend': backend, 'label_divisor': args.label_divisor,
+            'score_threshold': args.score_threshold,
+            'overlap_threshold': args.overlap_threshold, 'max_pixels': args.max_pixels}
+    json_path = writer.write_json(out / 'predictions.json', info=info)
+    return timings, json_path, writer
+
+
+def _print_predict_summary(timings, backend: str, json_path: Path, writer, args) -> None:
+    import numpy as np
+
+    mean = {stage: float(np.mean([getattr(t, stage) for t in timings]))
+            for stage in ('preprocess', 'inference', 'postprocess')}
+    print(f'segmented {len(timings)} frame(s) with {backend}: '
+          f'{sum(mean.values()):.1f} ms/frame (preprocess {mean["preprocess"]:.1f}, '
+          f'inference {mean["inference"]:.1f}, postprocess {mean["postprocess"]:.1f})')
+    written = [str(json_path), str(writer.panoptic_dir)]
+    if not args.no_overlay:
+        written.append(str(Path(args.output_dir) / 'overlay'))
+    print(f'wrote {", ".join(written)}')
 
 
 def _add_predict(subparsers) -> None:
@@ -306,8 +406,9 @@ def _add_predict(subparsers) -> None:
         'predict', help='segment images, folders and videos into COCO-panoptic files',
         description=inspect.cleandoc(cmd_predict.__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog='exit status: 0 done, 2 bad input or model file (one line on stderr), '
-        '1 backend unavailable or output not writable')
+        epilog='exit status: 0 done; 1 some inputs skipped (one warning line each, then '
+        '"N of M inputs skipped"), backend unavailable or output not writable; 2 bad '
+        'arguments, no usable input or a bad model file (one line on stderr)')
     parser.add_argument('inputs', nargs='+', metavar='INPUT',
                         help='image files, folders of images, video files')
     parser.add_argument('-o', '--output-dir', required=True, metavar='DIR',
@@ -318,6 +419,10 @@ def _add_predict(subparsers) -> None:
     parser.add_argument('--precision', default='auto', choices=PRECISIONS,
                         help='auto: fp16 on CUDA, fp32 on CPU (default auto)')
     _threshold_options(parser)
+    parser.add_argument('--max-pixels', type=int, default=MAX_IMAGE_PIXELS, metavar='N',
+                        help='skip images and videos with more than N pixels (width * height),'
+                        ' checked from the file header before decoding '
+                        f'(default {MAX_IMAGE_PIXELS} = 4096x4096)')
     parser.add_argument('--no-overlay', action='store_true',
                         help='do not write overlay/<frame>.jpg colour overlays')
     parser.add_argument('--quiet', action='store_true', help='no progress bar or summary')
@@ -337,9 +442,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """
     if args.repeats < 1 or args.warmup < 0:
         return _error('bench', '--repeats must be >= 1 and --warmup >= 0', 2)
-    model = Path(args.model)
-    if not model.is_file():
-        return _error('bench', not_found_message('model file', model), 2)
+    try:
+        model = _find_model(args.model)
+    except FileNotFoundError as error:
+        return _error('bench', error, 2)
 
     import logging
 
@@ -411,24 +517,26 @@ def _add_bench(subparsers) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a checkpoint to ONNX: uint8 image in, compact panoptic tensors out.
 
-    The graph has a fixed input size (the checkpoint's, or --size H W: the position
+    The graph has a fixed input size (the checkpoint's, or --size WxH: the position
     embedding is resampled), normalisation and the dense decoding inside, and the model
     config in its metadata; --fp16 writes a strongly typed FP16 graph with FP32 islands.
     """
-    checkpoint = Path(args.checkpoint)
-    if not checkpoint.is_file():
-        return _error('export', not_found_message('checkpoint', checkpoint), 2)
-    if args.size is not None and (min(args.size) < 16 or any(s % 16 for s in args.size)):
-        return _error('export', f'--size {args.size[0]} {args.size[1]}: height and width '
-                      'must be positive multiples of 16 (the patch size)', 2)
+    try:
+        checkpoint = _find_model(args.checkpoint, 'checkpoint')
+    except FileNotFoundError as error:
+        return _error('export', error, 2)
+    if args.size is not None and any(s % 16 for s in args.size):
+        return _error('export', f'--size {args.size[0]}x{args.size[1]}: width and height '
+                      'must be multiples of 16 (the patch size), e.g. 640x480', 2)
+    img_size = None if args.size is None else (args.size[1], args.size[0])  # (H, W)
     from tokenmask_ros.model import CheckpointError, build_model, load_checkpoint
     from tokenmask_ros.model.backbone import fit_position_embedding
     from tokenmask_ros.runtime.export import ExportError, export_onnx
 
     try:
         model = load_checkpoint(checkpoint)
-        if args.size is not None and tuple(args.size) != tuple(model.config.img_size):
-            config = model.config.replace(img_size=tuple(args.size))
+        if img_size is not None and img_size != tuple(model.config.img_size):
+            config = model.config.replace(img_size=img_size)
             state = fit_position_embedding(model.state_dict(), model.config, config, crop=False)
             model = build_model(config)
             model.load_state_dict(state)
@@ -444,13 +552,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _add_export(subparsers) -> None:
     parser = subparsers.add_parser('export', help='export a checkpoint to ONNX',
                                    description=cmd_export.__doc__)
-    parser.add_argument('checkpoint', metavar='CKPT', help='TokenMask checkpoint (.safetensors)')
+    parser.add_argument('checkpoint', metavar='CKPT',
+                        help='TokenMask checkpoint (.safetensors); a bare bundled file name '
+                        'finds the bundled copy')
     parser.add_argument('-o', '--output', required=True, metavar='OUT',
                         help='ONNX file to write (replaced atomically if it exists)')
     parser.add_argument('--fp16', action='store_true',
                         help='strongly typed FP16 graph (for TensorRT / GPUs)')
-    parser.add_argument('--size', type=int, nargs=2, metavar=('H', 'W'),
-                        help="network input height and width (default: the checkpoint's)")
+    parser.add_argument('--size', type=parse_size, metavar='WxH',
+                        help='network input WIDTHxHEIGHT, multiples of 16, e.g. 640x480 '
+                        "(default: the checkpoint's)")
     parser.add_argument('--opset', type=int, default=18, choices=(18, 19, 20),
                         help='ONNX opset (default 18; TensorRT parses 18-20)')
     parser.set_defaults(func=cmd_export)
@@ -465,10 +576,12 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     """
     from tokenmask_ros.runtime.backends import BackendUnavailable, create_backend
 
-    if not Path(args.model).is_file():
-        return _error('build-engine', not_found_message('model file', args.model), 2)
     try:
-        backend = create_backend('tensorrt', args.model, device=args.device,
+        model = _find_model(args.model)
+    except FileNotFoundError as error:
+        return _error('build-engine', error, 2)
+    try:
+        backend = create_backend('tensorrt', model, device=args.device,
                                  precision=args.precision, cache_dir=args.cache_dir,
                                  force_engine_update=args.force)
     except BackendUnavailable as error:
@@ -484,11 +597,10 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
 def _add_build_engine(subparsers) -> None:
     parser = subparsers.add_parser('build-engine', help='build and cache the TensorRT engine',
                                    description=cmd_build_engine.__doc__)
-    parser.add_argument('model', metavar='MODEL',
-                        help='TokenMask checkpoint (.safetensors) or exported .onnx file')
+    parser.add_argument('model', metavar='MODEL', help=MODEL_HELP)
     parser.add_argument('--device', default='cuda', help="CUDA device (default 'cuda')")
-    parser.add_argument('--precision', default='auto', choices=('auto', 'fp32', 'fp16'),
-                        help='auto = fp16 on CUDA')
+    parser.add_argument('--precision', default='auto', choices=PRECISIONS,
+                        help='auto = fp16 on CUDA (default auto)')
     parser.add_argument('--cache-dir', metavar='DIR',
                         help="cache folder (default: the runtime's cache folder)")
     parser.add_argument('--force', action='store_true',

@@ -15,6 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tokenmask_ros.defaults import MAX_IMAGE_PIXELS
+from tokenmask_ros.image_io import read_image_file
 from tokenmask_ros.synthetic import SceneGenerator
 
 IMAGE_SUFFIXES = frozenset(
@@ -71,9 +73,14 @@ class SyntheticSource(FrameSource):
 
 
 class FolderSource(FrameSource):
-    """The images of one folder in natural-sorted order (``img2`` before ``img10``)."""
+    """The images of one folder in natural-sorted order (``img2`` before ``img10``).
 
-    def __init__(self, folder: str | Path, loop: bool = True):
+    An image whose header declares more than ``max_pixels`` is skipped like an unreadable
+    one, before it is decoded.
+    """
+
+    def __init__(self, folder: str | Path, loop: bool = True,
+                 max_pixels: int = MAX_IMAGE_PIXELS):
         folder = Path(folder)
         if not folder.is_dir():
             raise SourceError(f'image folder {folder} does not exist')
@@ -84,6 +91,7 @@ class FolderSource(FrameSource):
                               f'({", ".join(sorted(IMAGE_SUFFIXES))})')
         self.folder = folder
         self.loop = loop
+        self.max_pixels = max_pixels
         self.unreadable: set[Path] = set()
         self._next = 0
         self._index = 0
@@ -99,8 +107,9 @@ class FolderSource(FrameSource):
                 self._next = 0
             path = self.paths[self._next]
             self._next += 1
-            pixels = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if pixels is None:
+            try:
+                pixels = read_image_file(path, self.max_pixels)
+            except (ValueError, OSError):
                 self.unreadable.add(path)
                 continue
             frame = Frame(pixels, 'bgr8', self._index)
@@ -111,16 +120,31 @@ class FolderSource(FrameSource):
 
 
 class CaptureSource(FrameSource):
-    """A video file or a camera device, read through OpenCV's VideoCapture."""
+    """A video file or a camera device, read through OpenCV's VideoCapture.
 
-    def __init__(self, target: str | int, loop: bool = False, width: int = 0, height: int = 0):
+    With ``max_pixels``, a stream whose frame size (from the capture properties, before any
+    frame is read) exceeds it is refused; a decoded frame over it ends the stream with an
+    error, for containers that do not report their size.
+    """
+
+    def __init__(self, target: str | int, loop: bool = False, width: int = 0, height: int = 0,
+                 max_pixels: int | None = None):
         self._capture = cv2.VideoCapture(target)
+        kind = 'camera device' if isinstance(target, int) else 'video file'
         if not self._capture.isOpened():
-            kind = 'camera device' if isinstance(target, int) else 'video file'
             raise SourceError(f'cannot open {kind} {target!r}')
         if isinstance(target, int) and width > 0 and height > 0:
             self._capture.set(cv2.CAP_PROP_FRAME_WIDTH, width)
             self._capture.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
+        self.max_pixels = max_pixels
+        self.target = target
+        frame_width = int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        frame_height = int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if max_pixels is not None and frame_width * frame_height > max_pixels:
+            self._capture.release()
+            raise SourceError(f'{kind} {target!r} has {frame_width}x{frame_height} frames = '
+                              f'{frame_width * frame_height} pixels, more than the limit of '
+                              f'{max_pixels}')
         self.is_camera = isinstance(target, int)
         self.loop = loop and not self.is_camera
         self._index = 0
@@ -133,6 +157,10 @@ class CaptureSource(FrameSource):
             ok, pixels = self._capture.read()
         if not ok:
             return None
+        if self.max_pixels is not None and pixels.shape[0] * pixels.shape[1] > self.max_pixels:
+            raise SourceError(f'{self.target!r}: frame {self._index} has {pixels.shape[1]}x'
+                              f'{pixels.shape[0]} pixels, more than the limit of '
+                              f'{self.max_pixels}')
         frame = Frame(pixels, 'bgr8', self._index)
         self._index += 1
         return frame
