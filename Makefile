@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 
-.PHONY: help setup test lint format demo clean distclean
+.PHONY: help setup build test lint format demo clean distclean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -10,7 +10,11 @@ help:  ## list the targets
 setup:  ## create .venv with the ML stack, ROS 2 wheels and colcon; build vision_msgs if needed
 	@bash scripts/setup.sh
 
-test: setup  ## colcon build + colcon test, then colcon test-result --verbose
+build: setup  ## colcon build (symlinked to the sources): installs tokenmask, segment_node, image_source
+	@source scripts/ros_env.sh && colcon --log-base log build --symlink-install --paths . \
+		--event-handlers console_cohesion- summary+
+
+test: build  ## make build, then colcon test and colcon test-result --verbose
 	@bash scripts/colcon_test.sh
 
 lint: setup  ## ruff over the whole repository (the same check runs under colcon test)

@@ -1,16 +1,14 @@
 #!/usr/bin/env bash
-# `make test`: colcon build + colcon test of this package, then the per-test report.
-# Exits non-zero when the build fails, pytest fails, or any test result is a failure.
+# `make test`: colcon test of this package after `make build`, then the per-test report.
+# Exits non-zero when the package is not built, pytest fails, or any test result is a failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+if [ ! -f install/local_setup.bash ]; then
+  echo "make test: no install/ here: run \`make build\` first (\`make test\` does)" >&2
+  exit 1
+fi
 # shellcheck disable=SC1091
-. scripts/ros_env.sh
-
-colcon --log-base log build --paths . --event-handlers console_cohesion- summary+ || exit 1
-set +u  # colcon's setup scripts read unset variables
-# shellcheck disable=SC1091
-. install/local_setup.bash
-set -u
+. scripts/ros_env.sh  # also sources install/local_setup.bash
 
 export TOKENMASK_REQUIRE_INSTALLED=1  # tests must use the installed console scripts
 colcon --log-base log test --paths . --event-handlers console_direct+ summary+ \
