@@ -7,6 +7,8 @@ weights produce segments to check.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -186,3 +188,63 @@ def test_checkpoint_without_class_names_treats_every_class_as_a_thing(tmp_path):
         assert segmenter.is_thing.tolist() == [True] * len(CLASSES)
         prediction = segmenter(frame(64, 48))
     assert all(s.is_thing and s.id % 1000 >= 1 for s in prediction.segments)
+
+
+@pytest.mark.parametrize(('options', 'message'), [
+    ({'score_threshold': float('nan')}, 'score_threshold'),
+    ({'score_threshold': '0.5'}, 'score_threshold'),
+    ({'overlap_threshold': True}, 'overlap_threshold'),
+    ({'label_divisor': 6}, 'label_divisor'),  # the model file has 6 queries
+    ({'label_divisor': 1000.5}, 'label_divisor'),
+    ({'max_pixels': 0}, 'max_pixels'),
+    ({'backend': 'tensorrt8'}, 'backend'),
+    ({'device': 'gpu'}, 'device'),
+    ({'precision': 'int8'}, 'precision'),
+])
+def test_bad_arguments_are_refused_before_any_backend_is_built(checkpoint, tmp_path, options,
+                                                                message):
+    """The onnxruntime backend would first export the model into the cache folder."""
+    arguments = {'backend': 'onnxruntime', 'device': 'cpu', 'precision': 'auto', **options}
+    with pytest.raises(ValueError, match=message):
+        Segmenter(checkpoint, arguments.pop('backend'), arguments.pop('device'),
+                  arguments.pop('precision'), cache_dir=tmp_path, **arguments)
+    assert not any(tmp_path.iterdir())
+
+
+def test_set_thresholds_checks_both_before_applying_either(segmenter):
+    original = (segmenter.score_threshold, segmenter.overlap_threshold)
+    image = frame(120, 90, seed=6)
+    try:
+        segmenter.set_thresholds(score_threshold=1.0)
+        assert segmenter.score_threshold == 1.0
+        assert segmenter.overlap_threshold == original[1]
+        assert segmenter(image).segments == []  # nothing scores above 1
+        with pytest.raises(ValueError, match='overlap_threshold'):
+            segmenter.set_thresholds(score_threshold=0.0, overlap_threshold=1.5)
+        assert (segmenter.score_threshold, segmenter.overlap_threshold) == (1.0, original[1])
+        segmenter.set_thresholds(overlap_threshold=0.25)
+        assert (segmenter.score_threshold, segmenter.overlap_threshold) == (1.0, 0.25)
+    finally:
+        segmenter.set_thresholds(*original)
+    assert segmenter(image).segments
+
+
+def test_a_backend_that_fails_after_it_was_built_is_closed(checkpoint, tmp_path, monkeypatch):
+    """An export whose stored config disagrees with its graph's input size."""
+    onnx = pytest.importorskip('onnx')
+    from tokenmask_ros.runtime import cached_onnx
+    from tokenmask_ros.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    model = onnx.load(cached_onnx(checkpoint, 'fp32', tmp_path / 'cache'))
+    entry = next(p for p in model.metadata_props if p.key == 'config')
+    config = json.loads(entry.value)
+    config['img_size'] = [32, 32]
+    entry.value = json.dumps(config)
+    onnx.save(model, tmp_path / 'mismatched.onnx')
+    closed = []
+    real_close = OnnxRuntimeBackend.close
+    monkeypatch.setattr(OnnxRuntimeBackend, 'close',
+                        lambda self: (closed.append(self), real_close(self)))
+    with pytest.raises(ValueError, match='export the model again'):
+        Segmenter(tmp_path / 'mismatched.onnx', 'onnxruntime', 'cpu')
+    assert len(closed) == 1 and closed[0].session is None

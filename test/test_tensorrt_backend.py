@@ -35,6 +35,7 @@ from tokenmask_ros.runtime.backends.tensorrt_backend import (
     numpy_dtype,
 )
 from tokenmask_ros.runtime.engine_cache import EngineCache, EngineKey, file_sha256
+from tokenmask_ros.runtime.errors import CacheError, EngineBuildError
 from tokenmask_ros.runtime.graph import OUTPUT_NAMES
 
 
@@ -280,6 +281,8 @@ def make_fake_tensorrt(version='10.3.0'):
     trt.MemoryPoolType = enum.IntEnum('MemoryPoolType', {'WORKSPACE': 0})
     trt.TensorIOMode = enum.IntEnum('TensorIOMode', {'NONE': 0, 'INPUT': 1, 'OUTPUT': 2})
     trt.builds = []
+    trt.parse_errors = []  # set: the parser fails with these messages
+    trt.build_output = None  # set: the builder returns these bytes
 
     class ILogger:
         Severity = enum.IntEnum('Severity', {'INTERNAL_ERROR': 0, 'ERROR': 1, 'WARNING': 2,
@@ -294,14 +297,16 @@ def make_fake_tensorrt(version='10.3.0'):
             self.num_inputs = 0
 
     class OnnxParser:
-        num_errors = 0
-
         def __init__(self, network, logger):
             self.network = network
+            self.num_errors = len(trt.parse_errors)
 
         def parse_from_file(self, path):
             self.network.path = path
-            return True
+            return not trt.parse_errors
+
+        def get_error(self, index):
+            return trt.parse_errors[index]
 
     class Config:
         def __init__(self):  # TensorRT sets TF32 by default
@@ -329,7 +334,7 @@ def make_fake_tensorrt(version='10.3.0'):
         def build_serialized_network(self, network, config):
             trt.builds.append({'network_flags': network.flags, 'builder_flags': config.flags,
                                'workspace': config.pools[trt.MemoryPoolType.WORKSPACE]})
-            return memoryview(b'FAKE' + network.path.encode())
+            return memoryview(trt.build_output or b'FAKE' + network.path.encode())
 
     class Engine:
         def __init__(self, path):
@@ -393,6 +398,9 @@ def make_fake_tensorrt(version='10.3.0'):
             pass
 
         def deserialize_cuda_engine(self, data):
+            if data.startswith(b'RAISE'):  # TensorRT 10 raises for some damaged plans
+                raise RuntimeError('IRuntime::deserializeCudaEngine: Error Code 1: '
+                                   'Serialization (Serialization assertion failed)\nmore')
             return Engine(data[4:].decode()) if data.startswith(b'FAKE') else None
 
     trt.ILogger, trt.Builder, trt.OnnxParser, trt.Runtime = ILogger, Builder, OnnxParser, Runtime
@@ -494,6 +502,58 @@ def test_emulated_engine_that_does_not_deserialize_is_rebuilt_once(fake_tensorrt
     backend.close()
     assert backend.built_engine and len(fake_tensorrt.builds) == 1
     assert backend.engine_path.read_bytes().startswith(b'FAKE')
+
+
+def cache_engine(onnx_path, cache_dir, data: bytes) -> None:
+    """Put ``data`` into the engine cache as a verified engine for ``onnx_path``."""
+    key = EngineKey(onnx_sha256=file_sha256(onnx_path), tensorrt_version='10.3.0',
+                    gpu_name='Fake GPU', compute_capability='9.0', precision='fp32',
+                    input_shape=(1, 3, 64, 64), name=onnx_path.stem)
+    EngineCache(cache_dir / 'engines').get_or_build(key, lambda: data)
+
+
+def test_emulated_engine_whose_load_raises_is_deleted_and_rebuilt_once(fake_tensorrt,
+                                                                       fp32_onnx, tmp_path,
+                                                                       caplog):
+    cache_engine(fp32_onnx, tmp_path, b'RAISE: verified bytes TensorRT refuses')
+    with caplog.at_level(logging.WARNING, logger='tokenmask_ros.runtime'):
+        backend = TensorRTBackend(fp32_onnx, 'cuda', cache_dir=tmp_path)
+    backend.close()
+    assert backend.built_engine and len(fake_tensorrt.builds) == 1
+    assert backend.engine_path.read_bytes().startswith(b'FAKE')
+    assert 'does not load (RuntimeError: IRuntime::deserializeCudaEngine' in caplog.text
+
+
+def test_emulated_engine_that_fails_to_load_twice_is_one_clear_error(fake_tensorrt, fp32_onnx,
+                                                                     tmp_path):
+    cache_engine(fp32_onnx, tmp_path, b'RAISE: damaged')
+    fake_tensorrt.build_output = b'RAISE: built damaged too'
+    with pytest.raises(CacheError, match='still does not load after building it again') as info:
+        TensorRTBackend(fp32_onnx, 'cuda', cache_dir=tmp_path)
+    assert_one_sentence(info.value)
+    assert str(tmp_path / 'engines') in str(info.value)
+    assert len(fake_tensorrt.builds) == 1
+
+
+def test_emulated_build_failure_is_clear_and_auto_moves_on(fake_tensorrt, checkpoint, tmp_path,
+                                                           caplog):
+    fake_tensorrt.parse_errors = ['In node 12 (importLayerNormalization): UNSUPPORTED_NODE:\n'
+                                  'No importer registered for op: LayerNormalization']
+    with pytest.raises(EngineBuildError, match='could not parse') as info:
+        create_backend('tensorrt', checkpoint, device='cuda', cache_dir=tmp_path)
+    assert_one_sentence(info.value)
+    assert 'LayerNormalization' in str(info.value)
+    with caplog.at_level(logging.INFO, logger='tokenmask_ros.runtime'):
+        try:
+            backend = create_backend('auto', checkpoint, device='cuda', cache_dir=tmp_path)
+        except BackendUnavailable as error:  # no CUDA here for onnxruntime or torch either
+            message = str(error)
+            assert 'tensorrt: TensorRT 10.3.0 could not parse' in message
+            assert 'onnxruntime:' in message and 'torch:' in message
+        else:
+            assert backend.name != 'tensorrt'
+            backend.close()
+    assert 'backend auto: tensorrt failed' in caplog.text
 
 
 def test_emulated_close_is_idempotent_and_final(fake_tensorrt, fp32_onnx, tmp_path):
