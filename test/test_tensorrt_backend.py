@@ -15,6 +15,7 @@ import enum
 import importlib.util
 import logging
 import re
+import subprocess
 import sys
 import threading
 import types
@@ -708,3 +709,63 @@ def test_close_is_idempotent_and_final(onnx_paths, tmp_path):
     with pytest.raises(RuntimeError, match='closed'):
         backend.run(*canvas_inputs(backend.input_size))
 
+
+
+# A fresh process, so nothing else (PyTorch) holds the primary context: once PyCuda closes,
+# the context must be inactive again (released exactly once) and no thread may keep it
+# current. Closing on the creating thread and on another thread are both checked.
+PYCUDA_CONTEXT_SCRIPT = """
+import ctypes, sys, threading
+sys.path.insert(0, sys.argv[1])
+from tokenmask_ros.runtime.backends.cuda_api import LibCuda, PyCuda
+
+lib = LibCuda()
+
+def primary_active():
+    device, flags, active = ctypes.c_int(), ctypes.c_uint(), ctypes.c_int()
+    lib.call('cuDeviceGet', ctypes.byref(device), 0)
+    lib.call('cuDevicePrimaryCtxGetState', device, ctypes.byref(flags), ctypes.byref(active))
+    return bool(active.value)
+
+def opened():
+    api = PyCuda(0)
+    with api.activate():
+        api.pinned((4,), 'float32')
+        api.device_alloc(64)
+    assert primary_active()
+    return api
+
+api = opened()
+assert lib.current_context() == 0
+api.close()
+api.close()
+assert lib.current_context() == 0, 'the closing thread keeps the context current'
+assert not primary_active(), 'the primary context is still retained after close'
+
+api = opened()
+seen = {}
+def close_here():
+    seen['before'] = lib.current_context()
+    api.close()
+    seen['after'] = lib.current_context()
+worker = threading.Thread(target=close_here)
+worker.start()
+worker.join()
+assert seen == {'before': 0, 'after': 0}, seen
+assert lib.current_context() == 0
+assert not primary_active(), 'closing on another thread leaked the retain'
+print('released once')
+"""
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+@pytest.mark.skipif(not importable('pycuda.driver'), reason='pycuda is not installed')
+def test_pycuda_releases_the_primary_context_once_from_any_thread():
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, '-c', PYCUDA_CONTEXT_SCRIPT, str(repo)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert 'released once' in result.stdout
