@@ -406,8 +406,8 @@ def _add_predict(subparsers) -> None:
         'predict', help='segment images, folders and videos into COCO-panoptic files',
         description=inspect.cleandoc(cmd_predict.__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog='exit status: 0 done; 1 some inputs skipped (one warning line each, then '
-        '"N of M inputs skipped"), backend unavailable or output not writable; 2 bad '
+        epilog='exit status: 0 done; 1 some inputs skipped (one warning line each, then\n'
+        '"N of M inputs skipped"), backend unavailable or output not writable; 2 bad\n'
         'arguments, no usable input or a bad model file (one line on stderr)')
     parser.add_argument('inputs', nargs='+', metavar='INPUT',
                         help='image files, folders of images, video files')
@@ -422,7 +422,7 @@ def _add_predict(subparsers) -> None:
     parser.add_argument('--max-pixels', type=int, default=MAX_IMAGE_PIXELS, metavar='N',
                         help='skip images and videos with more than N pixels (width * height),'
                         ' checked from the file header before decoding '
-                        f'(default {MAX_IMAGE_PIXELS} = 4096x4096)')
+                        f'(default {MAX_IMAGE_PIXELS})')
     parser.add_argument('--no-overlay', action='store_true',
                         help='do not write overlay/<frame>.jpg colour overlays')
     parser.add_argument('--quiet', action='store_true', help='no progress bar or summary')
