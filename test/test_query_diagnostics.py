@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from training import query_diagnostics as qd
+from training.query_stats import QueryDiagnostics, best_queries, format_summary
 
 NAMES = ['floor', 'disc', 'box']
 
@@ -33,7 +34,7 @@ def test_best_query_iou_class_and_confusion_are_exact():
     class_logits[0, 0] = 10.0
     class_logits[1, 1] = 10.0
     class_logits[2, 1], class_logits[2, 2] = 1.0, 0.0   # p(box | not no-object) = 1/(1+e)
-    diagnostics = qd.QueryDiagnostics(NAMES, thing_ids=[1, 2])
+    diagnostics = QueryDiagnostics(NAMES, thing_ids=[1, 2])
     gt_masks = torch.stack([stuff, big, small])
     diagnostics.add(class_logits, mask_logits, gt_masks, torch.tensor([0, 1, 2]))
     summary = diagnostics.summary()
@@ -47,7 +48,7 @@ def test_best_query_iou_class_and_confusion_are_exact():
     assert bins['>=3000']['things'] == 0 and bins['>=3000']['class_accuracy'] is None
     assert summary['classes'] == ['disc', 'box']
     assert summary['confusion'] == [[1, 0, 0], [1, 0, 0]]    # the box was called a disc
-    table = qd.format_summary(summary)
+    table = format_summary(summary)
     assert 'confusion' in table and '400-1200' in table
 
 
@@ -56,7 +57,7 @@ def test_best_queries_picks_the_highest_iou():
     a[:4] = True
     b = torch.zeros(8, 8, dtype=torch.bool)
     b[:2] = True
-    best, iou = qd.best_queries(_logits(b, a), a[None])
+    best, iou = best_queries(_logits(b, a), a[None])
     assert best.tolist() == [1] and iou.tolist() == [1.0]
 
 
