@@ -177,8 +177,10 @@ def legend_size(names, shape) -> tuple[int, int, int]:
     """(width, height, row height) of a legend listing ``names``."""
     scale, thickness = text_style(shape)
     sizes = [cv2.getTextSize(name, FONT, scale, thickness) for name in names]
-    row = max(h + b for (_, h), b in sizes) + max(4, round(8 * scale))
-    width = row + max(w for (w, _), _ in sizes) + row // 2
+    pad = max(4, round(8 * scale))
+    row = max(h + b for (_, h), b in sizes) + pad
+    # margin, swatch (row - pad), gap, text, margin
+    width = row // 3 + row - pad + row // 3 + max(w for (w, _), _ in sizes) + row // 3
     return width, row * len(names) + row // 3, row
 
 
@@ -220,8 +222,8 @@ def draw_legend(image: np.ndarray, panoptic: np.ndarray, class_ids, class_names,
                  if 0 <= class_id < len(class_colors) else TEXT_COLOR)
         cv2.rectangle(image, (x + row // 3, top), (x + row // 3 + swatch, top + swatch),
                       color, -1)
-        cv2.putText(image, name, (x + row, top + swatch), FONT, scale, TEXT_COLOR, thickness,
-                    cv2.LINE_AA)
+        cv2.putText(image, name, (x + 2 * (row // 3) + swatch, top + swatch), FONT, scale,
+                    TEXT_COLOR, thickness, cv2.LINE_AA)
     return x, y, min(x + width, image.shape[1]), min(y + height, image.shape[0])
 
 
