@@ -450,47 +450,6 @@ def test_rate_limiter_allows_one_per_period_and_counts_the_rest():
     assert limiter.allow('a') == (True, 1)
 
 
-def test_demo_writes_a_readable_video_and_a_contact_sheet_grid(tmp_path):
-    import cv2
-
-    from tokenmask_ros.ros.demo import contact_sheet, write_video
-
-    frames = [np.full((24, 32, 3), 10 * i, np.uint8) for i in range(14)]
-    video = write_video(tmp_path, frames, 5.0)
-    capture = cv2.VideoCapture(str(video))
-    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 14
-    capture.release()
-    sheet = contact_sheet(frames, count=12, columns=4)
-    assert sheet.shape == (3 * 24, 4 * 32, 3)
-
-
-def test_demo_runs_end_to_end_and_reports_every_row(tmp_path):
-    """``make demo``'s entry point in its own process: camera, node, collector, outputs."""
-    import sys
-
-    from conftest import run_command
-
-    out = tmp_path / 'demo'
-    result = run_command([sys.executable, '-m', 'tokenmask_ros.ros.demo', '--frames', '5',
-                          '--rate', '4', '--backend', 'torch', '--output-dir', str(out)],
-                         timeout=240, cwd=REPO_ROOT)
-    assert result.returncode == 0, result.stdout + result.stderr
-    rows = dict(line.strip('|').split('|')[:2] for line in
-                (out / 'summary.md').read_text().splitlines()[2:])
-    rows = {name.strip(): value.strip() for name, value in rows.items()}
-    assert rows['frames published (in)'] == '5'
-    assert rows['frames lost in transport'] == '0'
-    segmented = int(rows['frames segmented (out)'])
-    assert 1 <= segmented == len(list(out.glob('overlay_*.png')))
-    gap_ms, period = rows['longest gap between camera frames (ms)'].split(' (period ')
-    assert period == '250)' and int(gap_ms) >= 200  # a 4 Hz camera cannot publish faster
-    assert float(rows['demo process CPU time (s)'].split()[0]) > 0
-    stolen = rows['CPU time stolen by the hypervisor (s)']
-    assert stolen == 'n/a' or float(stolen) >= 0.0
-    assert (out / 'contact_sheet.png').is_file()
-    assert {p.name for p in out.glob('overlay.*')} & {'overlay.mp4', 'overlay.avi'}
-
-
 def test_node_benchmark_compares_the_node_with_the_bare_segmenter(tmp_path):
     """training/node_benchmark.py end to end: three processes, a report and per-frame CSV."""
     import csv

@@ -1,15 +1,18 @@
-"""``make demo``: synthetic camera -> segment_node -> overlays, a video and a latency table.
+"""``make demo``: a camera (synthetic or yours) -> segment_node -> overlays, video, latency table.
 
 One process, one single-threaded executor, three nodes talking over real DDS topics:
-``image_source`` (synthetic scenes, the :class:`ImageSourceNode` class itself),
+``image_source`` (the :class:`ImageSourceNode` class itself, reading ``--source``: synthetic
+scenes, ``camera:N``, an image folder or a video file, frames of any size),
 ``segment_node`` (:class:`SegmentNode`, the bundled model unless ``--model``) and a collector
-that subscribes to the overlay and the detections. After ``--frames`` frames it writes into
-``--output-dir``: ``overlay_NNNN.png`` per segmented frame, ``overlay.mp4`` (MJPG ``.avi``
-where OpenCV cannot write MP4), ``contact_sheet.png`` and ``summary.md``, and prints the
-summary table. End-to-end latency is header stamp (set by image_source when it publishes)
-to the moment the collector receives the frame's detections, on the same clock.
+that subscribes to the camera, the overlay and the detections. After ``--frames`` frames it
+writes into ``--output-dir``: ``overlay_NNNN.png`` per segmented frame, ``overlay.mp4`` (MJPG
+``.avi`` where OpenCV cannot write MP4), ``contact_sheet.png`` (input beside overlay for
+sampled frames) and ``summary.md``, and prints the summary table. End-to-end latency is
+header stamp (set by image_source when it publishes) to the moment the collector receives
+the frame's detections, on the same clock.
 
     python -m tokenmask_ros.ros.demo --frames 60 --rate 5 --output-dir demo_output
+    python -m tokenmask_ros.ros.demo --source my_photos/ --frames 20 --rate 2
 """
 
 from __future__ import annotations
@@ -36,18 +39,22 @@ from tokenmask_ros.ros.conversions import image_to_numpy
 from tokenmask_ros.ros.image_source import ImageSourceNode
 from tokenmask_ros.ros.processes import spin_until
 from tokenmask_ros.ros.segment_node import SegmentNode, percentiles
+from tokenmask_ros.sources import SourceError
 
 NAMESPACE = '/tokenmask_demo'
+TILE_WIDTH = 320  # contact sheet tiles; inputs are kept at this size only
 
 
 class Collector(Node):
-    """Keeps every overlay and the arrival time of every detections message."""
+    """Keeps every overlay, a thumbnail of every input and each detections' arrival time."""
 
     def __init__(self):
         super().__init__('demo_collector', namespace=NAMESPACE)
         qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         self.overlays: dict[int, np.ndarray] = {}
+        self.inputs: dict[int, np.ndarray] = {}  # stamp -> thumbnail for the contact sheet
         self.arrivals: dict[int, tuple[int, int]] = {}  # stamp -> (received ns, segments)
+        self.create_subscription(Image, 'image', self._on_image, qos)
         self.create_subscription(Image, 'segment_node/overlay', self._on_overlay, qos)
         self.create_subscription(Detection2DArray, 'segment_node/detections',
                                  self._on_detections, qos)
@@ -55,6 +62,9 @@ class Collector(Node):
     @staticmethod
     def stamp_ns(msg) -> int:
         return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+
+    def _on_image(self, msg: Image) -> None:
+        self.inputs[self.stamp_ns(msg)] = fit(image_to_numpy(msg), TILE_WIDTH)
 
     def _on_overlay(self, msg: Image) -> None:
         self.overlays[self.stamp_ns(msg)] = image_to_numpy(msg).copy()
@@ -68,9 +78,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog='python -m tokenmask_ros.ros.demo', description=__doc__.split('\n\n')[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--source', default='synthetic',
+                        help='"synthetic", "camera:N", an image folder or a video file '
+                             '(folders and videos loop until --frames are out)')
     parser.add_argument('--frames', type=int, default=60, help='frames the camera publishes')
     parser.add_argument('--rate', type=float, default=5.0, help='camera rate in Hz')
-    parser.add_argument('--size', default='320x240', help='synthetic frame WIDTHxHEIGHT')
+    parser.add_argument('--size', default='320x240',
+                        help='synthetic frame WIDTHxHEIGHT; the size requested from a camera')
     parser.add_argument('--output-dir', default='demo_output', help='where results go')
     parser.add_argument('--model', default='', help='model file ("" = the bundled model)')
     parser.add_argument('--backend', default='auto',
@@ -116,12 +130,16 @@ def main(argv=None) -> int:
             executor.add_node(node)
         # The overlay is computed only while subscribed: match the collector first.
         spin_until(executor, lambda: segment.overlay_pub.get_subscription_count() > 0, 10)
-        source = ImageSourceNode(namespace=NAMESPACE, parameter_overrides=[
-            Parameter('source', value='synthetic'), Parameter('rate', value=args.rate),
-            Parameter('count', value=args.frames), Parameter('width', value=args.width),
-            Parameter('height', value=args.height), Parameter('seed', value=args.seed),
-            Parameter('frame_id', value='demo_camera'),
-            Parameter('wait_for_subscribers', value=1)])
+        try:  # waits for both subscribers: segment_node and the collector
+            source = ImageSourceNode(namespace=NAMESPACE, parameter_overrides=[
+                Parameter('source', value=args.source), Parameter('rate', value=args.rate),
+                Parameter('count', value=args.frames), Parameter('width', value=args.width),
+                Parameter('height', value=args.height), Parameter('seed', value=args.seed),
+                Parameter('frame_id', value='demo_camera'),
+                Parameter('wait_for_subscribers', value=2)])
+        except (SourceError, ValueError) as error:
+            print(f'demo: cannot open --source {args.source!r}: {error}', file=sys.stderr)
+            return 2
         nodes.append(source)
         executor.add_node(source)
 
@@ -183,7 +201,7 @@ def summarize(args, source, segment, collector, wall: float, completed: bool,
     segments = np.mean([n for _, (_, n) in arrivals]) if arrivals else 0.0
     segmenter_ms = percentiles(list(stats.inference_ms), (50,))[0]  # the worker is idle now
     rows = [
-        ('camera', f'synthetic {args.width}x{args.height} at {args.rate:g} Hz'),
+        ('camera', f'{source.source.description} at {args.rate:g} Hz'),
         ('frames published (in)', source.published),
         ('frames received by segment_node', stats.received),
         ('frames segmented (out)', out),
@@ -219,20 +237,27 @@ def write_outputs(out: Path, collector: Collector, rate: float) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob('overlay_*.png'):
         old.unlink()
-    frames = [collector.overlays[stamp] for stamp in sorted(collector.overlays)]
+    stamps = sorted(collector.overlays)
+    frames = [collector.overlays[stamp] for stamp in stamps]
     if not frames:
         return []
     bgr = [cv2.cvtColor(frame, cv2.COLOR_RGB2BGR) for frame in frames]
     for index, image in enumerate(bgr):
         write_bgr(out / f'overlay_{index:04d}.png', image)
     video = write_video(out, bgr, rate)
-    write_rgb(out / 'contact_sheet.png', contact_sheet(frames))
+    inputs = [collector.inputs.get(stamp) for stamp in stamps]
+    write_rgb(out / 'contact_sheet.png', contact_sheet(inputs, frames))
     return [f'{len(frames)} x overlay_NNNN.png', video.name, 'contact_sheet.png', 'summary.md']
 
 
 def write_video(out: Path, frames: list[np.ndarray], fps: float) -> Path:
-    """MP4 (mp4v) when this OpenCV build can write and read it back, else MJPG AVI."""
+    """MP4 (mp4v) when this OpenCV build can write and read it back, else MJPG AVI.
+
+    Frames of other sizes than the first (an image folder) are letterboxed to its size:
+    a video writer silently drops frames of the wrong size.
+    """
     height, width = frames[0].shape[:2]
+    frames = [letterbox(frame, width, height) for frame in frames]
     for fourcc, name in (('mp4v', 'overlay.mp4'), ('MJPG', 'overlay.avi')):
         path = out / name
         writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps,
@@ -251,19 +276,49 @@ def write_video(out: Path, frames: list[np.ndarray], fps: float) -> Path:
     raise OSError('OpenCV can write neither mp4v nor MJPG video here')
 
 
-def contact_sheet(frames: list[np.ndarray], count: int = 12, columns: int = 4) -> np.ndarray:
-    """Up to ``count`` frames, evenly spaced over the run, in a grid with their numbers."""
-    picks = np.unique(np.linspace(0, len(frames) - 1, min(count, len(frames))).round()
+def letterbox(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``image`` scaled to fit ``width`` x ``height`` keeping its aspect, centred on black."""
+    if image.shape[:2] == (height, width):
+        return image
+    scale = min(width / image.shape[1], height / image.shape[0])
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    canvas = np.zeros((height, width, *image.shape[2:]), image.dtype)
+    x, y = (width - size[0]) // 2, (height - size[1]) // 2
+    canvas[y:y + size[1], x:x + size[0]] = cv2.resize(image, size,
+                                                      interpolation=cv2.INTER_AREA)
+    return canvas
+
+
+def fit(image: np.ndarray, width: int) -> np.ndarray:
+    """``image`` shrunk to at most ``width`` pixels across (never enlarged)."""
+    if image.shape[1] <= width:
+        return image.copy()
+    height = max(1, round(image.shape[0] * width / image.shape[1]))
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def contact_sheet(inputs: list[np.ndarray | None], overlays: list[np.ndarray],
+                  count: int = 12, columns: int = 2, tile_width: int = TILE_WIDTH) -> np.ndarray:
+    """Up to ``count`` frames, evenly spaced over the run: input beside overlay, numbered.
+
+    ``columns`` input/overlay pairs per row; tiles are ``tile_width`` wide with the first
+    overlay's aspect (other sizes letterboxed). A missing input is left black.
+    """
+    picks = np.unique(np.linspace(0, len(overlays) - 1, min(count, len(overlays))).round()
                       ).astype(int)
-    height, width = frames[0].shape[:2]
-    rows = math.ceil(len(picks) / columns)
-    sheet = np.zeros((rows * height, min(columns, len(picks)) * width, 3), np.uint8)
+    first = overlays[0].shape
+    width = min(tile_width, first[1])
+    height = max(1, round(first[0] * width / first[1]))
+    rows, columns = math.ceil(len(picks) / columns), min(columns, len(picks))
+    sheet = np.zeros((rows * height, columns * 2 * width, 3), np.uint8)
     for cell, index in enumerate(picks):
-        tile = frames[index].copy()
+        source = inputs[index] if inputs[index] is not None else np.zeros_like(overlays[index])
+        tile = letterbox(source, width, height).copy()  # the number goes on the input
         cv2.putText(tile, f'#{index}', (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255),
                     2, cv2.LINE_AA)
+        pair = np.hstack([tile, letterbox(overlays[index], width, height)])
         row, column = divmod(cell, columns)
-        sheet[row * height:(row + 1) * height, column * width:(column + 1) * width] = tile
+        sheet[row * height:(row + 1) * height, column * 2 * width:(column + 1) * 2 * width] = pair
     return sheet
 
 
