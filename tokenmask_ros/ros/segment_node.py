@@ -448,9 +448,8 @@ class SegmentNode(Node):
         self.panoptic_pub.publish(numpy_to_image(prediction.panoptic, '32SC1', header))
         self.semantic_pub.publish(numpy_to_image(prediction.semantic, semantic_encoding, header))
         if self.params['publish_overlay'] and self.overlay_pub.get_subscription_count() > 0:
-            colored = viz.colorize_panoptic(prediction.panoptic, self.class_colors,
-                                            self.params['label_divisor'])
-            blended = viz.overlay(rgb, colored, float(self.params['overlay_alpha']))
+            blended = viz.draw_overlay(rgb, prediction, self.class_names, self.class_colors,
+                                       float(self.params['overlay_alpha']))
             self.overlay_pub.publish(numpy_to_image(blended, 'rgb8', header))
         self.detections_pub.publish(detections_message(prediction, header))
 
