@@ -104,7 +104,7 @@ def test_demo_segments_a_folder_of_images_of_several_sizes(tmp_path):
     assert cv2.imread(str(out / 'contact_sheet.png')) is not None
 
 
-def test_demo_segments_a_video_file(tmp_path):
+def test_demo_segments_a_video_file_with_the_model_named_by_its_bare_file_name(tmp_path):
     video = tmp_path / 'clip.avi'
     scenes = SceneGenerator(height=144, width=176, seed=7)
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*'MJPG'), 10, (176, 144))
@@ -113,7 +113,10 @@ def test_demo_segments_a_video_file(tmp_path):
         writer.write(scenes.scene(index).image[..., ::-1].copy())
     writer.release()
     out = tmp_path / 'demo'
-    rows = run_demo(out, '--source', str(video), frames=3)
+    name = 'tokenmask_vit_tiny_synthetic.safetensors'  # not in the working directory
+    assert not (REPO_ROOT / name).exists()
+    rows = run_demo(out, '--source', str(video), '--model', name, frames=3)
+    assert rows['model'] == name
     assert rows['camera'].startswith(f'video {video}')
     assert rows['frames published (in)'] == '3'
     overlay = cv2.imread(str(next(out.glob('overlay_*.png'))))

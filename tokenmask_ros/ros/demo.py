@@ -34,6 +34,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection2DArray
 
+from tokenmask_ros.bundled import resolve_model_path
 from tokenmask_ros.image_io import write_bgr, write_rgb
 from tokenmask_ros.ros.conversions import image_to_numpy
 from tokenmask_ros.ros.image_source import ImageSourceNode
@@ -86,7 +87,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--size', default='320x240',
                         help='synthetic frame WIDTHxHEIGHT; the size requested from a camera')
     parser.add_argument('--output-dir', default='demo_output', help='where results go')
-    parser.add_argument('--model', default='', help='model file ("" = the bundled model)')
+    parser.add_argument('--model', default='',
+                        help='model file or bundled file name ("" = the bundled model)')
     parser.add_argument('--backend', default='auto',
                         help='auto, tensorrt, onnxruntime or torch')
     parser.add_argument('--score-threshold', type=float, default=None,
@@ -115,7 +117,9 @@ def main(argv=None) -> int:
                 else MultiThreadedExecutor(num_threads=3))
     nodes = []
     try:
-        segment_params = [Parameter('model', value=args.model),
+        # A bare bundled file name works from any folder, as in the CLI.
+        model = str(resolve_model_path(args.model)) if args.model.strip() else ''
+        segment_params = [Parameter('model', value=model),
                           Parameter('backend', value=args.backend)]
         if args.score_threshold is not None:
             segment_params.append(Parameter('score_threshold', value=args.score_threshold))
