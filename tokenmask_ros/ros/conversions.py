@@ -48,7 +48,7 @@ class ImageConversionError(ValueError):
 
 #: The kinds of conversion fault (:attr:`ImageConversionError.kind`).
 ERROR_KINDS = ('unsupported encoding', 'not a picture', 'bad size', 'bad step', 'short data',
-               'too large', 'undecodable', 'malformed')
+               'too large', 'no data', 'undecodable', 'malformed')
 
 
 def quoted(text, limit: int = QUOTE_LIMIT) -> str:
@@ -302,7 +302,7 @@ def decode_compressed(msg, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.ndarr
     if _is_compressed_depth(str(msg.format)):
         data = data[_COMPRESSED_DEPTH_HEADER_BYTES:]
     if data.nbytes == 0:
-        raise ImageConversionError(f'compressed image ({fmt}) has no data', 'undecodable')
+        raise ImageConversionError(f'compressed image ({fmt}) has no data', 'no data')
     if data.nbytes > MAX_IMAGE_BYTES:
         raise ImageConversionError(f'compressed image of {data.nbytes} bytes is absurd',
                                    'bad size')

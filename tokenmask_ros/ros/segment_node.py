@@ -14,11 +14,16 @@ Newest frame wins: the subscription callback only puts the message into a one-fr
 (a frame still waiting there is dropped and counted); one worker thread converts,
 segments and publishes. A slow model therefore drops stale frames instead of building a
 backlog, and the executor stays free for parameters and diagnostics.
+
+Hostile input is refused cheaply: a compressed frame's declared size is checked before it
+is decoded, bad frames are logged at most once per kind of fault per period (the kinds are
+a fixed set, never sender text), and SIGINT, SIGTERM and SIGHUP all shut down cleanly.
 """
 
 from __future__ import annotations
 
 import re
+import signal
 import sys
 import threading
 import time
@@ -38,7 +43,6 @@ from rcl_interfaces.msg import (
 )
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
-from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSPolicyKind, qos_policy_name_from_kind
@@ -72,7 +76,10 @@ from tokenmask_ros.ros.qos import RELIABILITY, make_qos
 
 TRANSPORTS = ('raw', 'compressed')
 OUTPUT_DEPTH = 5           # reliable outputs: a few frames of headroom for slow readers
-ERROR_LOG_PERIOD_S = 10.0  # one log line per cause of bad input in this period
+ERROR_LOG_PERIOD_S = 10.0  # one log line per kind of fault in this period
+ERROR_LOG_KINDS = 64       # rate-limiter table bound (the kinds are a fixed set; a backstop)
+LOG_TEXT_LIMIT = 1000      # characters of one error log line
+SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 LATENCY_WINDOW = 200       # frames behind the latency percentiles in /diagnostics
 DIAGNOSTICS_PERIOD_S = 1.0
 
@@ -167,17 +174,31 @@ class LatestFrameSlot:
 
 
 class RateLimiter:
-    """Allows one event per key every ``period_s``; counts what it held back meanwhile."""
+    """Allows one event per key every ``period_s``; counts what it held back meanwhile.
 
-    def __init__(self, period_s: float, clock=time.monotonic):
+    At most ``max_keys`` keys are tracked: when the table is full, keys idle for a period
+    are forgotten, and a key that still finds no room shares one overflow key.
+    """
+
+    OVERFLOW = '(other)'
+
+    def __init__(self, period_s: float, clock=time.monotonic, max_keys: int = ERROR_LOG_KINDS):
         self.period_s = period_s
+        self.max_keys = max_keys
         self._clock = clock
         self._last: dict[str, float] = {}
         self._held: dict[str, int] = {}
 
+    def __len__(self) -> int:
+        return len(self._last)
+
     def allow(self, key: str) -> tuple[bool, int]:
         """``(allowed, events held back since the last allowed one)``."""
         now = self._clock()
+        if key not in self._last and len(self._last) >= self.max_keys:
+            self._forget_idle(now)
+            if len(self._last) >= self.max_keys:
+                key = self.OVERFLOW
         last = self._last.get(key)
         if last is not None and now - last < self.period_s:
             self._held[key] = self._held.get(key, 0) + 1
@@ -185,16 +206,26 @@ class RateLimiter:
         self._last[key] = now
         return True, self._held.pop(key, 0)
 
+    def _forget_idle(self, now: float) -> None:
+        for key in [k for k, last in self._last.items()
+                    if now - last >= self.period_s and k != self.OVERFLOW]:
+            del self._last[key]
+            self._held.pop(key, None)
 
-def error_cause(error: Exception) -> str:
-    """The rate-limiting key of an error: its text with the numbers outside quotes taken out.
 
-    'step 10 is smaller ...' and 'step 12 is smaller ...' are one cause; "'32FC1' images"
-    and "'64FC1' images" are two.
+def fault_kind(stage: str, error: Exception) -> str:
+    """The rate-limiting key of an error: where it happened and what kind of fault it is.
+
+    Built from code-chosen names only (the stage, :attr:`ImageConversionError.kind`, the
+    exception class), never from message text a sender could vary to flood the log.
     """
-    text = re.sub(r"'[^']*'|[0-9]+",
-                  lambda m: m.group(0) if m.group(0).startswith("'") else '#', str(error))
-    return f'{type(error).__name__}: {text}'
+    kind = error.kind if isinstance(error, ImageConversionError) else type(error).__name__
+    return f'{stage}: {kind}'
+
+
+def clip(text: str, limit: int = LOG_TEXT_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters, marked when cut (a backstop for log lines)."""
+    return text if len(text) <= limit else f'{text[:limit]}... ({len(text)} chars)'
 
 
 @dataclass
@@ -358,25 +389,22 @@ class SegmentNode(Node):
     # --- parameters --------------------------------------------------------------------
 
     def _on_set_parameters(self, parameters) -> SetParametersResult:
-        for parameter in parameters:
-            name, value = parameter.name, parameter.value
+        """Refuse restart-only changes; apply thresholds through the Segmenter, which checks
+        them. Value ranges are enforced by rclpy from the declared descriptors."""
+        values = {parameter.name: parameter.value for parameter in parameters}
+        for name, value in values.items():
             if name in RESTART_ONLY and value != self.params[name]:
                 return SetParametersResult(
                     successful=False, reason=f'restart the node to change {name}')
-            if name in ('score_threshold', 'overlap_threshold', 'overlay_alpha') and not (
-                    0.0 <= value <= 1.0):
-                return SetParametersResult(
-                    successful=False, reason=f'{name} must be in [0, 1], got {value}')
-            if name == 'max_image_pixels' and value < 4:
-                return SetParametersResult(
-                    successful=False, reason=f'max_image_pixels must be >= 4, got {value}')
-        for parameter in parameters:
-            self.params[parameter.name] = parameter.value
-            if parameter.name == 'score_threshold':
-                self.segmenter.score_threshold = float(parameter.value)
-            elif parameter.name == 'overlap_threshold':
-                self.segmenter.overlap_threshold = float(parameter.value)
-        if any(p.name == 'score_threshold' for p in parameters):
+        thresholds = {name: float(values[name]) for name in
+                      ('score_threshold', 'overlap_threshold') if name in values}
+        if thresholds:
+            try:
+                self.segmenter.set_thresholds(**thresholds)
+            except ValueError as error:
+                return SetParametersResult(successful=False, reason=str(error))
+        self.params.update(values)
+        if 'score_threshold' in values:
             self._publish_label_info()
         return SetParametersResult(successful=True)
 
@@ -411,18 +439,20 @@ class SegmentNode(Node):
         try:
             rgb = self._to_rgb(msg)
             prediction = self.segmenter(rgb)
-        except (ImageConversionError, ValueError) as error:  # InputError is a ValueError
-            self._report_error(f'dropped a frame from {self.input_topic}: {error}', error)
+        except ValueError as error:  # ImageConversionError and InputError are ValueErrors
+            # The sender's fault, not the node's: a warning.
+            self._report_error(f'dropped a frame from {self.input_topic}: {error}', error,
+                               'input', warning=True)
             return
         except Exception as error:  # a backend failure must not end the node
-            self._report_error(f'segmentation failed: {error!r}', error)
+            self._report_error(f'segmentation failed: {error!r}', error, 'segmentation')
             return
         try:
             self._publish(msg.header, rgb, prediction)
         except Exception as error:
             if self._closing or not self.context.ok():
                 return  # shutting down: the publishers are going away
-            self._report_error(f'publishing failed: {error!r}', error)
+            self._report_error(f'publishing failed: {error!r}', error, 'publishing')
             return
         with self._lock:
             self.stats.processed += 1
@@ -430,18 +460,15 @@ class SegmentNode(Node):
             self.stats.inference_ms.append(self.segmenter.last_timing.total)
 
     def _to_rgb(self, msg) -> np.ndarray:
+        """RGB pixels of a frame; frames over ``max_image_pixels`` are refused unread (a
+        compressed frame on the size its header declares, before decoding)."""
         limit = self.params['max_image_pixels']
         if isinstance(msg, CompressedImage):
-            rgb = compressed_to_rgb8(msg)
-            height, width = rgb.shape[:2]
-        else:
-            height, width = msg.height, msg.width
-        if height * width > limit:
-            raise ImageConversionError(f'image of {width}x{height} pixels exceeds '
-                                       f'max_image_pixels ({limit})')
-        if not isinstance(msg, CompressedImage):
-            rgb = image_to_rgb8(msg)
-        return np.ascontiguousarray(rgb)
+            return np.ascontiguousarray(compressed_to_rgb8(msg, limit))
+        if msg.height * msg.width > limit:
+            raise ImageConversionError(f'image of {msg.width}x{msg.height} pixels exceeds '
+                                       f'max_image_pixels ({limit})', 'too large')
+        return np.ascontiguousarray(image_to_rgb8(msg))
 
     def _publish(self, header, rgb: np.ndarray, prediction) -> None:
         semantic_encoding = 'mono8' if prediction.semantic.dtype == np.uint8 else 'mono16'
@@ -453,16 +480,19 @@ class SegmentNode(Node):
             self.overlay_pub.publish(numpy_to_image(blended, 'rgb8', header))
         self.detections_pub.publish(detections_message(prediction, header))
 
-    def _report_error(self, text: str, error: Exception) -> None:
+    def _report_error(self, text: str, error: Exception, stage: str,
+                      warning: bool = False) -> None:
+        """Count a failed frame; log it unless its kind was logged within the period."""
         with self._lock:
             self.stats.errors += 1
-            self.stats.last_error = str(error)
+            self.stats.last_error = clip(str(error))
         if self._closing:
             return
-        allowed, held = self._error_log.allow(error_cause(error))
+        allowed, held = self._error_log.allow(fault_kind(stage, error))
         if allowed:
             more = f' ({held} more like it in the last {ERROR_LOG_PERIOD_S:g} s)' if held else ''
-            self.get_logger().error(text + more)
+            log = self.get_logger().warning if warning else self.get_logger().error
+            log(clip(text) + more)
 
     @property
     def idle(self) -> bool:
@@ -538,32 +568,84 @@ class SegmentNode(Node):
         super().destroy_node()
 
 
+class ShutdownRequested(BaseException):
+    """Raised in the main thread by the first shutdown signal; carries the signal's name.
+
+    A BaseException, like KeyboardInterrupt, so no ``except Exception`` on the way swallows it.
+    """
+
+
+class ShutdownSignals:
+    """SIGINT, SIGTERM and SIGHUP all become one :class:`ShutdownRequested`; any signal after
+    the first (or once shutdown has begun) is logged and ignored, so cleanup runs to the end.
+
+    rclpy's own handler would shut the context down at once, under a worker that may be
+    publishing (a crash in rmw); raising in the main thread instead lets ``main`` stop the
+    worker first, then tear down executor, node and context in order.
+    """
+
+    def __init__(self, logger):
+        self.logger = logger
+        self.received: str | None = None
+
+    def install(self) -> None:
+        for signum in SHUTDOWN_SIGNALS:
+            signal.signal(signum, self._handle)
+
+    def begin_shutdown(self) -> None:
+        """From now on every signal is ignored (the handlers stay: a late one cannot kill)."""
+        if self.received is None:
+            self.received = 'exit'
+
+    def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.received is not None:
+            self.logger.warning(f'{name} while shutting down: ignored, finishing the shutdown')
+            return
+        self.received = name
+        raise ShutdownRequested(name)
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as one log line: its class when the text alone is unclear, no C paths."""
+    text = re.sub(r',? at /\S+:\d+', '', ' '.join(str(error).split()))
+    if isinstance(error, (ValueError, RuntimeError)) and type(error).__module__ == 'builtins':
+        return text or type(error).__name__
+    return f'{type(error).__name__}: {text}' if text else type(error).__name__
+
+
 def main(args=None) -> int:
-    # Our own SIGINT handling: rclpy's handler would shut the context down at once, under a
-    # worker that may be publishing (a crash in rmw); a KeyboardInterrupt lets the finally
-    # block stop the worker first, then tear down executor, node and context in order.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    node = None
-    executor = SingleThreadedExecutor()
+    logger = rclpy.logging.get_logger('segment_node')
+    signals = ShutdownSignals(logger)
+    signals.install()
+    node = executor = None
     try:
-        node = SegmentNode()
-        executor.add_node(node)
+        try:
+            rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+            executor = SingleThreadedExecutor()
+            node = SegmentNode()
+            executor.add_node(node)
+        except Exception as error:
+            # Bad arguments or parameters, a missing or broken model or cache, no usable
+            # backend, whatever a backend library raises: one clear line, exit code 1.
+            logger.fatal(f'cannot start: {one_line(error)}')
+            return 1
         executor.spin()
+        return 0
+    except ShutdownRequested as request:
+        (node.get_logger() if node is not None else logger).info(f'shutting down on {request}')
         return 0
     except (KeyboardInterrupt, ExternalShutdownException):
         return 0
-    except (FileNotFoundError, ValueError, RuntimeError, ImportError,
-            ParameterException) as error:
-        # Bad parameters, a missing or broken model, no usable backend: one clear line.
-        logger = node.get_logger() if node else rclpy.logging.get_logger('segment_node')
-        logger.fatal(str(error))
-        return 1
     finally:
+        signals.begin_shutdown()
         if node is not None:
             node.stop_worker()
-        executor.shutdown()
+        if executor is not None:
+            executor.shutdown()
         if node is not None:
             node.destroy_node()
+            logger.info('stopped: worker joined, model closed')
         rclpy.try_shutdown()
 
 
