@@ -23,7 +23,7 @@ lint: setup  ## ruff over the whole repository (the same check runs under colcon
 format: setup  ## let ruff fix what it can
 	@$(VENV)/bin/ruff check --fix .
 
-demo: setup  ## synthetic camera -> segment_node -> overlays, video, latency table in demo_output/
+demo: setup  ## camera (synthetic, or --source camera:N|folder|video) -> segment_node -> overlays, video, latency table in demo_output/
 	@source scripts/ros_env.sh && $(VENV)/bin/python -m tokenmask_ros.ros.demo $(DEMO_ARGS)
 
 clean:  ## remove colcon build products

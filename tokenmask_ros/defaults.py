@@ -14,6 +14,8 @@ SCORE_THRESHOLD = 0.8
 OVERLAP_THRESHOLD = 0.8
 #: Mask probability threshold, fixed in the exported graph (sigmoid >= 0.5).
 MASK_THRESHOLD = 0.5
+#: Opacity of the class colours in overlays (contours and labels carry the segments).
+OVERLAY_ALPHA = 0.35
 #: Largest accepted input image (width * height); larger frames are refused before decoding.
 MAX_IMAGE_PIXELS = 16_777_216
 

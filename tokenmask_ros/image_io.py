@@ -39,7 +39,10 @@ def write_rgb(path: str | Path, rgb: np.ndarray, jpeg_quality: int | None = None
 
     ``jpeg_quality`` (0-100) applies to JPEG files; OpenCV's default (95) otherwise.
     """
-    params = () if jpeg_quality is None else (cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality))
+    is_jpeg = Path(path).suffix.lower() in ('.jpg', '.jpeg')
+    # OpenCV warns once per write about a JPEG key given to another codec: pass it to JPEG only.
+    params = () if jpeg_quality is None or not is_jpeg else (cv2.IMWRITE_JPEG_QUALITY,
+                                                             int(jpeg_quality))
     return write_bgr(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from tokenmask_ros.defaults import LABEL_DIVISOR
+from tokenmask_ros.defaults import LABEL_DIVISOR, OVERLAY_ALPHA
 
 
 def palette(num_colors: int, seed: int = 0) -> np.ndarray:
@@ -228,7 +228,7 @@ def draw_legend(image: np.ndarray, panoptic: np.ndarray, class_ids, class_names,
 
 
 def draw_overlay(rgb: np.ndarray, prediction, class_names, class_colors: np.ndarray,
-                 alpha: float = 0.35, labels: bool = True, legend: bool = True,
+                 alpha: float = OVERLAY_ALPHA, labels: bool = True, legend: bool = True,
                  label_text=None, contour_color=CONTOUR_COLOR) -> np.ndarray:
     """A readable panoptic overlay: class-colour fill, segment contours, labels and a legend.
 

@@ -29,7 +29,6 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -63,6 +62,7 @@ from tokenmask_ros.defaults import (
     MASK_THRESHOLD,
     MAX_IMAGE_PIXELS,
     OVERLAP_THRESHOLD,
+    OVERLAY_ALPHA,
     PRECISIONS,
     SCORE_THRESHOLD,
 )
@@ -126,7 +126,8 @@ PARAMETERS: dict[str, Param] = {
                            'exceed the number of queries', extra={'integer_range': [
                                IntegerRange(from_value=1, to_value=2**31 - 1)]}),
     'publish_overlay': Param(True, 'publish ~/overlay (computed only while subscribed)', True),
-    'overlay_alpha': Param(0.5, 'opacity of the colours in ~/overlay', True, _unit_range()),
+    'overlay_alpha': Param(OVERLAY_ALPHA, 'opacity of the class colours in ~/overlay', True,
+                           _unit_range()),
     'max_image_pixels': Param(MAX_IMAGE_PIXELS, 'larger input images are rejected (width * '
                               'height)', True, {'integer_range': [
                                   IntegerRange(from_value=4, to_value=2**30)]}),
@@ -347,10 +348,10 @@ class SegmentNode(Node):
                                  f'got {p[name]!r}')
 
     def _load_segmenter(self, p: dict):
-        from tokenmask_ros.bundled import default_model_path
+        from tokenmask_ros.bundled import resolve_model_path
         from tokenmask_ros.runtime import Segmenter
 
-        self.model_path = Path(p['model']).expanduser() if p['model'] else default_model_path()
+        self.model_path = resolve_model_path(p['model'])
         self.get_logger().info(f'loading {self.model_path} (backend {p["backend"]}, device '
                                f'{p["device"]}, precision {p["precision"]})')
         return Segmenter(
