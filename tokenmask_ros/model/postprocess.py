@@ -15,7 +15,8 @@ in the exported graph (``docs/architecture.md``, "The deploy graph"):
 used for evaluation. Everything here is pure PyTorch / NumPy; nothing imports ROS.
 
 Conventions (``docs/architecture.md``, "Outputs"): panoptic id
-``class_id * label_divisor + instance_id`` in int32, stuff instance id 0, thing instances numbered from 1 within their class, VOID = -1.
+``class_id * label_divisor + instance_id`` in int32, stuff instance id 0, thing instances
+numbered from 1 within their class, VOID = -1.
 The semantic map of a :class:`Prediction` uses :func:`semantic_void` (255 for up to 255
 classes, stored as uint8 = the ``mono8`` ROS encoding; 65535 and uint16 above that) for
 pixels no segment covers, the same 255 that ground truth uses as ``ignore_index``.
