@@ -65,3 +65,30 @@ def ruff_executable():
     if not Path(ruff).exists():
         pytest.skip('ruff is not installed (make setup installs it)')
     return ruff
+
+
+def save_tiny_checkpoint(path: Path, seed: int = 0, **config) -> Path:
+    """A random-weight TokenMask checkpoint small enough for a test: a 32-wide, 2-block ViT.
+
+    Keyword arguments override the config (``img_size``, ``num_queries``, ``classes``, ...).
+    """
+    import torch
+
+    from tokenmask_ros.model import TokenMaskConfig, build_model, save_checkpoint
+
+    values = {'backbone': 'vit_tiny_patch16_224', 'img_size': 64, 'embed_dim': 32, 'depth': 2,
+              'num_heads': 2, 'num_queries': 10, 'num_query_blocks': 1, 'num_classes': 4}
+    torch.manual_seed(seed)
+    return save_checkpoint(build_model(TokenMaskConfig(**{**values, **config})), path)
+
+
+def spin_until(executor, done, timeout: float = 60.0) -> bool:
+    """Spin ``executor`` until ``done()`` holds or ``timeout`` seconds pass; ``done()``'s value."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done():
+            return True
+        executor.spin_once(timeout_sec=0.05)
+    return bool(done())

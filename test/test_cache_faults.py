@@ -14,12 +14,11 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
+from conftest import save_tiny_checkpoint
 
 onnx = pytest.importorskip('onnx')
 ort = pytest.importorskip('onnxruntime')
 
-from tokenmask_ros.model import TokenMaskConfig, build_model, save_checkpoint  # noqa: E402
 from tokenmask_ros.runtime import (  # noqa: E402
     BackendUnavailable,
     CacheError,
@@ -41,12 +40,8 @@ KEY = EngineKey(onnx_sha256='ab' * 32, tensorrt_version='10.3.0', gpu_name='GPU'
 
 @pytest.fixture(scope='module')
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    config = TokenMaskConfig(backbone='vit_tiny_patch16_224', img_size=32, embed_dim=32,
-                             depth=1, num_heads=2, num_queries=4, num_query_blocks=1,
-                             num_classes=3)
-    path = tmp_path_factory.mktemp('ckpt') / 'tiny.safetensors'
-    return save_checkpoint(build_model(config), path)
+    return save_tiny_checkpoint(tmp_path_factory.mktemp('ckpt') / 'tiny.safetensors',
+                                img_size=32, depth=1, num_queries=4, num_classes=3)
 
 
 @pytest.fixture(scope='module')

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import cv2
 import pytest
-from conftest import installed_executable
+from conftest import installed_executable, spin_until
 
 pytestmark = pytest.mark.dds
 
@@ -89,6 +89,22 @@ class NodeProcess:
         self._output.close()
 
 
+def run_to_exit(tmp_path: Path, namespace: str, *ros_args: str,
+                timeout: float = START_TIMEOUT_S) -> tuple[int, str]:
+    """Start a node that is expected to end by itself: its exit code and its output."""
+    process = NodeProcess(tmp_path, namespace, *ros_args)
+    try:
+        return process.wait_exit(timeout), process.output
+    finally:
+        process.close()
+
+
+def assert_clean_shutdown(output: str, signal_name: str) -> None:
+    assert f'shutting down on {signal_name}' in output, output
+    assert 'stopped: worker joined, model closed' in output, output
+    assert 'Traceback' not in output and 'KeyboardInterrupt' not in output, output
+
+
 class DdsPeer:
     """A node of the test's own: publishes frames, hears /rosout, diagnostics, detections."""
 
@@ -125,12 +141,7 @@ class DdsPeer:
                 self.diagnostics = {kv.key: kv.value for kv in status.values}
 
     def spin_until(self, done, timeout: float = 60.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if done():
-                return True
-            self.executor.spin_once(timeout_sec=0.05)
-        return bool(done())
+        return spin_until(self.executor, done, timeout)
 
     def connect(self) -> None:
         assert self.spin_until(lambda: self.label_info
@@ -270,13 +281,8 @@ def fatal_lines(output: str) -> list[str]:
 def test_an_engine_cache_dir_that_is_a_file_ends_with_one_fatal_line(tmp_path):
     not_a_folder = tmp_path / 'cache_is_a_file'
     not_a_folder.write_text('not a folder')
-    process = NodeProcess(tmp_path, '/t_bad_cache', '-p', 'backend:=onnxruntime',
-                          '-p', f'engine_cache_dir:={not_a_folder}')
-    try:
-        code = process.wait_exit(START_TIMEOUT_S)
-        output = process.output
-    finally:
-        process.close()
+    code, output = run_to_exit(tmp_path, '/t_bad_cache', '-p', 'backend:=onnxruntime',
+                               '-p', f'engine_cache_dir:={not_a_folder}')
     assert code == 1, output
     assert 'Traceback' not in output, output
     [fatal] = fatal_lines(output)
@@ -284,12 +290,7 @@ def test_an_engine_cache_dir_that_is_a_file_ends_with_one_fatal_line(tmp_path):
 
 
 def test_a_bad_ros_args_remap_ends_with_one_fatal_line(tmp_path):
-    process = NodeProcess(tmp_path, '/t_bad_remap', '-r', 'foo')
-    try:
-        code = process.wait_exit(60)
-        output = process.output
-    finally:
-        process.close()
+    code, output = run_to_exit(tmp_path, '/t_bad_remap', '-r', 'foo', timeout=60)
     assert code == 1, output
     assert 'Traceback' not in output, output
     [fatal] = fatal_lines(output)
@@ -307,9 +308,7 @@ def test_sigterm_and_sighup_shut_down_cleanly(started, signum):
     code = process.wait_exit(60)
     output = process.output
     assert code == 0, output
-    assert f'shutting down on {name}' in output, output
-    assert 'stopped: worker joined, model closed' in output, output
-    assert 'Traceback' not in output, output
+    assert_clean_shutdown(output, name)
 
 
 def test_a_second_sigint_during_shutdown_is_ignored(started):
@@ -321,9 +320,7 @@ def test_a_second_sigint_during_shutdown_is_ignored(started):
     code = process.wait_exit(60)
     output = process.output
     assert code == 0, output
-    assert 'shutting down on SIGINT' in output, output
-    assert 'stopped: worker joined, model closed' in output, output
-    assert 'Traceback' not in output and 'KeyboardInterrupt' not in output, output
+    assert_clean_shutdown(output, 'SIGINT')
 
 
 def test_sigterm_during_start_up_exits_cleanly(tmp_path):

@@ -11,13 +11,12 @@ from __future__ import annotations
 import importlib.util
 import signal
 import subprocess
-import time
 from collections import defaultdict
 
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO_ROOT, installed_executable
+from conftest import REPO_ROOT, installed_executable, spin_until
 
 pytestmark = pytest.mark.dds
 
@@ -77,12 +76,7 @@ class Graph:
         self._stamp = 0
 
     def spin_until(self, done, timeout: float = 60.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if done():
-                return True
-            self.executor.spin_once(timeout_sec=0.05)
-        return done()
+        return spin_until(self.executor, done, timeout)
 
     def next_stamp(self) -> int:
         self._stamp += 1

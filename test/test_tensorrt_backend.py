@@ -24,8 +24,9 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
+from conftest import save_tiny_checkpoint
 
-from tokenmask_ros.model import TokenMaskConfig, build_model, load_checkpoint, save_checkpoint
+from tokenmask_ros.model import load_checkpoint
 from tokenmask_ros.runtime import backends
 from tokenmask_ros.runtime.backends import BackendUnavailable, create_backend
 from tokenmask_ros.runtime.backends import tensorrt_backend as trt_backend
@@ -70,12 +71,7 @@ def assert_one_sentence(error: BaseException) -> None:
 
 @pytest.fixture(scope='module')
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    config = TokenMaskConfig(backbone='vit_tiny_patch16_224', img_size=64, embed_dim=32,
-                             depth=2, num_heads=2, num_queries=10, num_query_blocks=1,
-                             num_classes=4)
-    path = tmp_path_factory.mktemp('ckpt') / 'tiny.safetensors'
-    return save_checkpoint(build_model(config), path)
+    return save_tiny_checkpoint(tmp_path_factory.mktemp('ckpt') / 'tiny.safetensors')
 
 
 # --- refusing clearly (every machine) ----------------------------------------------------
