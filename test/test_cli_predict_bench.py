@@ -218,6 +218,27 @@ def test_predict_model_and_decoding_errors_exit_2(checkpoint, inputs, tmp_path, 
     assert 'cannot read image' in stderr.strip().splitlines()[-1]
 
 
+def test_predict_with_an_unusable_cache_folder(checkpoint, inputs, tmp_path, capsys):
+    """--cache-dir naming a file: onnxruntime ends in one line (exit 1, no traceback); auto
+    says why it moves on and segments with the next backend (torch needs no cache)."""
+    folder, _ = inputs
+    not_a_folder = tmp_path / 'cache_is_a_file'
+    not_a_folder.write_text('')
+    result = tokenmask('predict', '--model', str(checkpoint), '--backend', 'onnxruntime',
+                       '--cache-dir', str(not_a_folder), '--quiet', str(folder), '-o',
+                       str(tmp_path / 'ort'))
+    assert result.returncode == 1, result.stderr
+    assert 'Traceback' not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert str(not_a_folder) in line and 'writable folder' in line, line
+    result = tokenmask('predict', '--model', str(checkpoint), '--device', 'cpu', '--quiet',
+                       '--cache-dir', str(not_a_folder), str(folder), '-o', str(tmp_path / 'auto'))
+    assert result.returncode == 0, result.stderr
+    assert 'onnxruntime failed' in result.stderr and 'trying the next backend' in result.stderr
+    assert 'Traceback' not in result.stderr
+    assert (tmp_path / 'auto' / 'predictions.json').is_file()
+
+
 def png_declaring(path, width: int, height: int):
     """A small real PNG whose IHDR declares ``width`` x ``height`` (CRC recomputed): a
     decompression bomb's header, a few hundred bytes on disk."""
