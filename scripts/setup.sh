@@ -31,6 +31,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   "$venv/bin/python" -m pip install --quiet --upgrade pip
   "$venv/bin/python" -m pip install --progress-bar off -c requirements/constraints.txt \
     -r requirements/ml.txt -r requirements/ros.txt -r requirements/ros-build.txt -r requirements/dev.txt
+  # Not with the others: see requirements/eval.txt for why --no-deps.
+  "$venv/bin/python" -m pip install --progress-bar off --no-deps -c requirements/constraints.txt \
+    -r requirements/eval.txt
   echo "$wanted" > "$stamp"
 else
   echo "setup: requirements already installed in $venv"
