@@ -151,3 +151,78 @@ def test_overlay_reads_synthetic_scenes_and_rejects_mismatched_sizes():
     assert out.shape == scene.image.shape and not np.array_equal(out, scene.image)
     with pytest.raises(ValueError, match='differ in size'):
         viz.draw_overlay(scene.image[:10], scene, names, colors)
+
+
+# --------------------------------------------------------------------------- tracks and 3D
+
+POINT_DTYPE = [('x', '<f4'), ('y', '<f4'), ('z', '<f4'), ('rgb', '<f4'), ('class_id', '<i4'),
+               ('panoptic_id', '<i4')]
+
+
+class Box:
+    def __init__(self, center, size):
+        self.center, self.size = center, size
+
+
+def cloud(rows):
+    """A structured cloud as depth3d.labelled_points returns it, from (x, y, z, class)."""
+    points = np.zeros(len(rows), POINT_DTYPE)
+    for index, name in enumerate(('x', 'y', 'z', 'class_id')):
+        points[name] = [row[index] for row in rows]
+    return points
+
+
+def test_track_label_text_appends_the_instance_number():
+    label = viz.track_label_text(1000)
+
+    class Segment:
+        id = 2017
+    assert label(Segment(), 'car') == 'car #17'
+
+
+def test_top_view_puts_points_where_their_x_and_z_say_and_the_top_one_wins():
+    colors = np.array([[200, 0, 0], [0, 200, 0], [0, 0, 200]], np.uint8)
+    points = cloud([(1.0, 0.5, 2.25, 0),     # -> column 200 + 100, row 500 - 225
+                    (1.0, -0.5, 2.25, 2),    # same pixel, higher (y points down): wins
+                    (-1.5, 0.0, 4.5, 1),     # -> column 50, row 50
+                    (9.0, 0.0, 1.0, 1)])     # outside the extent: dropped, no error
+    # 100 pixels per metre: x -2..2 -> columns 0..400, z 0..5 -> rows 500..0.
+    image = viz.draw_top_view(points, {}, ['a', 'b', 'c'], colors, size=(401, 501),
+                              extent=(-2.0, 2.0, 5.0), splat=1)
+    assert image.shape == (501, 401, 3) and image.dtype == np.uint8
+    np.testing.assert_array_equal(image[275, 300], colors[2])
+    np.testing.assert_array_equal(image[50, 50], colors[1])
+    for color in colors:  # nothing else in a class colour
+        count = np.count_nonzero((image == color).all(-1))
+        assert count == (1 if tuple(color) != (200, 0, 0) else 0)
+
+
+def test_top_view_draws_thing_boxes_with_class_and_track_labels_and_skips_stuff():
+    colors = np.array([[200, 0, 0], [0, 200, 0]], np.uint8)
+    boxes = {1003: Box((0.0, 0.0, 3.0), (1.0, 0.4, 1.0)),  # thing: class 1, track 3
+             0: Box((0.0, 0.0, 2.0), (3.8, 0.1, 3.8))}      # stuff (class 0): no box
+    image = viz.draw_top_view(cloud([]), boxes, ['floor', 'car'], colors, size=(401, 501),
+                              extent=(-2.0, 2.0, 5.0))
+    green = (image == colors[1]).all(-1)
+    # Box x -0.5..0.5 -> columns 150..250; z 2.5..3.5 -> rows 250..150 (2 px lines).
+    assert green[200, 150] and green[200, 250] and green[150, 200] and green[250, 200]
+    assert not green[200, 200]  # an outline, not a filled box
+    assert not (image == colors[0]).all(-1).any()
+    white = (image >= 250).all(-1)
+    assert white[100:150, 150:250].sum() > 20  # "car #3" above the box
+    with_stuff = viz.draw_top_view(cloud([]), boxes, ['floor', 'car'], colors,
+                                   size=(401, 501), extent=(-2.0, 2.0, 5.0), stuff_boxes=True)
+    assert (with_stuff == colors[0]).all(-1).any()
+
+
+def test_top_view_frames_the_cloud_by_itself():
+    points = cloud([(x, 0.0, z, 0) for x in np.linspace(-3, 3, 30)
+                    for z in np.linspace(1, 8, 30)])
+    x_min, x_max, z_max = viz.top_view_extent(points)
+    assert x_min <= -2.8 and x_max >= 2.8 and x_min == -x_max and z_max >= 7.8
+    image = viz.draw_top_view(points, None, ['a'], np.array([[0, 250, 0]], np.uint8))
+    green = np.argwhere((image == (0, 250, 0)).all(-1))
+    assert len(green) > 500
+    # z 0..8.8 m fills the 480 rows (54.4 px/m); x is centred on the camera at column 240.
+    assert green[:, 0].min() < 60 and green[:, 0].max() > 410
+    assert abs(green[:, 1].min() + green[:, 1].max() - 480) <= 2

@@ -252,3 +252,117 @@ def draw_overlay(rgb: np.ndarray, prediction, class_names, class_colors: np.ndar
         counts = np.bincount(index.ravel(), minlength=len(colors) + 2)[1:len(colors) + 1]
         draw_legend(out, panoptic, np.flatnonzero(counts), class_names, colors, divisor, boxes)
     return out
+
+
+# --------------------------------------------------------------------------- tracks and 3D
+
+
+def track_label_text(label_divisor: int = LABEL_DIVISOR):
+    """A ``label_text`` for :func:`draw_overlay` that writes ``"class #N"``, N being the
+    instance part of the segment's id (the track number once a tracker renumbered it)."""
+    def label(segment, class_name: str) -> str:
+        return f'{class_name} #{int(segment.id) % label_divisor}'
+    return label
+
+
+GRID_COLOR = (70, 70, 70)
+TOP_VIEW_BACKGROUND = (24, 24, 24)
+
+
+def top_view_extent(points: np.ndarray, boxes=(), margin: float = 0.1
+                    ) -> tuple[float, float, float]:
+    """``(x_min, x_max, z_max)`` in metres that frames the cloud (2nd..98th percentiles, so a
+    few stray depth pixels do not shrink everything) and every box, camera at z = 0."""
+    x, z = points['x'], points['z']
+    if len(x):
+        x_lo, x_hi = np.percentile(x, [2, 98])
+        z_hi = float(np.percentile(z, 98))
+    else:
+        x_lo, x_hi, z_hi = -1.0, 1.0, 1.0
+    for box in boxes:
+        cx, _, cz = box.center
+        sx, _, sz = box.size
+        x_lo, x_hi = min(x_lo, cx - sx / 2), max(x_hi, cx + sx / 2)
+        z_hi = max(z_hi, cz + sz / 2)
+    half = max(abs(x_lo), abs(x_hi), 0.5) * (1 + margin)  # camera centred horizontally
+    return -half, half, max(z_hi, 0.5) * (1 + margin)
+
+
+def draw_top_view(points: np.ndarray, boxes=None, class_names=(), class_colors=None, *,
+                  size: tuple[int, int] = (480, 480), extent=None,
+                  label_divisor: int = LABEL_DIVISOR, splat: int = 2,
+                  stuff_boxes: bool = False) -> np.ndarray:
+    """An RGB top view (x right, z = forward up the image) of a labelled cloud with boxes.
+
+    ``points``: a structured array with ``x``, ``y``, ``z`` (metres, camera optical frame)
+    and ``class_id`` (e.g. ``depth3d.labelled_points``); each pixel shows its highest point
+    (smallest y: y points down) in its class colour, ``splat`` pixels wide. ``boxes``:
+    ``{panoptic id: box}`` with ``center`` and ``size`` (``depth3d.Box3D``); things get a
+    rectangle and a ``"class #N"`` label, stuff only with ``stuff_boxes``. ``extent``:
+    ``(x_min, x_max, z_max)`` metres (default :func:`top_view_extent`); one scale for both
+    axes, so shapes keep their proportions. ``size``: (width, height) of the image.
+    """
+    width, height = size
+    boxes = dict(boxes or {})
+    colors = np.asarray(class_colors if class_colors is not None else palette(0),
+                        np.uint8).reshape(-1, 3)
+    x_min, x_max, z_max = extent or top_view_extent(points, boxes.values())
+    scale = min((width - 1) / (x_max - x_min), (height - 1) / z_max)  # pixels per metre
+    left = (width - 1 - scale * (x_max - x_min)) / 2 - scale * x_min
+
+    def to_pixels(x, z):
+        return (np.round(left + scale * np.asarray(x)).astype(np.int64),
+                np.round(height - 1 - scale * np.asarray(z)).astype(np.int64))
+
+    image = np.empty((height, width, 3), np.uint8)
+    image[:] = TOP_VIEW_BACKGROUND
+    for metre in range(1, int(z_max) + 1):  # range rings every metre
+        cv2.line(image, (0, int(to_pixels(0, metre)[1])), (width - 1, int(to_pixels(0, metre)[1])),
+                 GRID_COLOR, 1)
+    origin = tuple(int(v) for v in to_pixels(0.0, 0.0))
+    cv2.line(image, (origin[0], 0), (origin[0], height - 1), GRID_COLOR, 1)
+
+    cols, rows = to_pixels(points['x'], points['z'])
+    inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height)
+    class_id = np.asarray(points['class_id'], np.int64)[inside]
+    cols, rows, up = cols[inside], rows[inside], np.asarray(points['y'])[inside]
+    pixel = rows * width + cols
+    order = np.lexsort((up, pixel))  # per pixel, the smallest y (the top) first
+    first = np.ones(len(order), bool)
+    first[1:] = pixel[order][1:] != pixel[order][:-1]
+    top = order[first]
+    table = np.vstack([colors, np.full((1, 3), 200, np.uint8)])  # unknown class: grey
+    shade = table[np.where((class_id[top] >= 0) & (class_id[top] < len(colors)),
+                           class_id[top], len(colors))]
+    for dy in range(splat):  # a small square per point: a loop over offsets, not pixels
+        for dx in range(splat):
+            r, c = rows[top] - dy, cols[top] + dx
+            ok = (r >= 0) & (c < width)
+            image[r[ok], c[ok]] = shade[ok]
+
+    scale_text, thickness = text_style(image.shape)
+    taken = []
+    for panoptic_id, box in sorted(boxes.items()):
+        class_id, instance = divmod(int(panoptic_id), label_divisor)
+        if panoptic_id < 0 or (instance == 0 and not stuff_boxes):
+            continue
+        (cx, _, cz), (sx, _, sz) = box.center, box.size
+        x0, z1 = to_pixels(cx - sx / 2, cz - sz / 2)
+        x1, z0 = to_pixels(cx + sx / 2, cz + sz / 2)
+        color = (tuple(int(v) for v in colors[class_id]) if 0 <= class_id < len(colors)
+                 else TEXT_COLOR)
+        cv2.rectangle(image, (int(x0), int(z0)), (int(x1), int(z1)), color, 2 if instance else 1)
+        name = _name(class_names, class_id)
+        text = f'{name} #{instance}' if instance else name
+        (tw, th), baseline = cv2.getTextSize(text, FONT, scale_text, thickness)
+        pad = 2
+        label = _place(((int(x0) + int(x1)) // 2, int(z0) - th), (tw + 2 * pad,
+                       th + baseline + 2 * pad), image.shape, taken)
+        taken.append(label)
+        cv2.rectangle(image, label[:2], (label[2] - 1, label[3] - 1), LABEL_BACKGROUND, -1)
+        cv2.putText(image, text, (label[0] + pad, label[3] - pad - baseline), FONT, scale_text,
+                    TEXT_COLOR, thickness, cv2.LINE_AA)
+    cv2.drawMarker(image, origin, TEXT_COLOR, cv2.MARKER_TRIANGLE_UP, 12, 2)
+    cv2.putText(image, f'top view (x right, z forward), grid 1 m, {len(points)} points',
+                (6, 16), FONT, 0.4, TEXT_COLOR, 1, cv2.LINE_AA)
+    return image
