@@ -24,3 +24,8 @@ BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
 AUTO_ORDER = ('tensorrt', 'onnxruntime', 'torch')
 #: Numeric precisions; ``auto`` = fp16 on a GPU, fp32 on the CPU.
 PRECISIONS = ('auto', 'fp32', 'fp16')
+
+#: Tracking: frames a thing track survives unseen (occlusion, a missed detection) before its
+#: number may be reused, and the least (motion-compensated) mask IoU of a frame-to-frame match.
+TRACK_MAX_AGE = 30
+TRACK_MIN_IOU = 0.2
