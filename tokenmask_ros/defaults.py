@@ -29,3 +29,11 @@ PRECISIONS = ('auto', 'fp32', 'fp16')
 #: number may be reused, and the least (motion-compensated) mask IoU of a frame-to-frame match.
 TRACK_MAX_AGE = 30
 TRACK_MIN_IOU = 0.2
+
+#: 3D from depth: a depth image / camera_info pairs with a colour frame when their stamps
+#: differ by at most DEPTH_MAX_DELAY seconds; depths outside [DEPTH_MIN, DEPTH_MAX] metres
+#: are ignored; the labelled cloud keeps every POINTS_STRIDE-th pixel in each direction.
+DEPTH_MAX_DELAY = 0.05
+DEPTH_MIN = 0.1
+DEPTH_MAX = 20.0
+POINTS_STRIDE = 4
