@@ -25,7 +25,7 @@ pixels no segment covers, the same 255 that ground truth uses as ``ignore_index`
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -35,17 +35,15 @@ from torch import Tensor, nn
 
 from tokenmask_ros.defaults import LABEL_DIVISOR, OVERLAP_THRESHOLD, SCORE_THRESHOLD
 
-VOID = -1
-
-
-def semantic_void(num_classes: int) -> int:
-    """The semantic map's value for "no class": 255 (uint8) up to 255 classes, else 65535."""
-    return 255 if num_classes <= 255 else 65535
-
-
-def _semantic_dtype(num_classes: int) -> type:
-    return np.uint8 if num_classes <= 255 else np.uint16
-
+# Torch-free data types, re-exported here (their home lets NumPy-only modules use them).
+from tokenmask_ros.panoptic_types import (
+    VOID,
+    Prediction,
+    Segment,
+    segment_areas_and_boxes,
+    semantic_dtype,
+    semantic_void,
+)
 
 # --------------------------------------------------------------------------- resizing
 
@@ -178,33 +176,6 @@ class DensePanoptic(nn.Module):
                                      self.score_threshold)
 
 
-@dataclass(frozen=True)
-class Segment:
-    """One panoptic segment. ``bbox`` is (x, y, width, height) in pixels, inclusive extents."""
-
-    id: int
-    class_id: int
-    score: float
-    bbox: tuple[int, int, int, int]
-    area: int
-    is_thing: bool
-
-
-@dataclass
-class Prediction:
-    """Panoptic result for one image at the resolution it was decoded at.
-
-    ``panoptic`` (H, W) int32 ids (VOID = -1); ``semantic`` (H, W) class ids, uint8 with 255
-    for void (uint16 / 65535 beyond 255 classes, :func:`semantic_void`); ``segments`` in
-    id order.
-    """
-
-    panoptic: np.ndarray
-    semantic: np.ndarray
-    segments: list[Segment] = field(default_factory=list)
-    label_divisor: int = LABEL_DIVISOR
-
-
 def _numpy(value) -> np.ndarray:
     if isinstance(value, Tensor):
         return value.detach().cpu().numpy()
@@ -261,7 +232,7 @@ def decode_panoptic(scores: PanopticScores, is_thing, *, batch_index: int = 0,
         query_ids[order + 1] = classes[order] * label_divisor + instance
     panoptic = query_ids[segment_map + 1].astype(np.int32)
     semantic = np.where(panoptic >= 0, panoptic // label_divisor, semantic_void(num_classes))
-    semantic = semantic.astype(_semantic_dtype(num_classes))
+    semantic = semantic.astype(semantic_dtype(num_classes))
     ids = query_ids[survivors + 1]
     segments = _segments(panoptic, ids, classes[survivors], query_score[survivors], flags)
     return Prediction(panoptic, semantic, segments, label_divisor)
@@ -278,36 +249,6 @@ def _segments(panoptic: np.ndarray, query_ids: np.ndarray, query_classes: np.nda
     areas, boxes = segment_areas_and_boxes(panoptic, ids)
     return [Segment(int(i), int(c), float(s), tuple(int(v) for v in b), int(a), bool(flags[c]))
             for i, c, s, b, a in zip(ids, query_classes[first], best, boxes, areas, strict=True)]
-
-
-def segment_areas_and_boxes(label_map: np.ndarray, ids: np.ndarray
-                            ) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel counts and (x, y, w, h) boxes of each of the sorted ``ids`` in ``label_map``.
-
-    Vectorised: one ``bincount`` each for areas, occupied rows and occupied columns. Boxes
-    are inclusive pixel extents (a single pixel is 1 x 1); an absent id gets area 0 and box
-    (0, 0, 0, 0).
-    """
-    ids = np.asarray(ids)
-    height, width = label_map.shape
-    index = np.searchsorted(ids, label_map.ravel()) if len(ids) else np.zeros(0, int)
-    index = np.clip(index, 0, max(len(ids) - 1, 0))
-    present = (ids[index] == label_map.ravel()) if len(ids) else np.zeros(0, bool)
-    index = index[present]
-    pixel = np.flatnonzero(present)
-    rows, cols = pixel // width, pixel % width
-    count = len(ids)
-    areas = np.bincount(index, minlength=count)
-    row_hit = np.bincount(index * height + rows, minlength=count * height).reshape(count, height)
-    col_hit = np.bincount(index * width + cols, minlength=count * width).reshape(count, width)
-    row_hit, col_hit = row_hit > 0, col_hit > 0
-    y0 = row_hit.argmax(1)
-    y1 = height - 1 - row_hit[:, ::-1].argmax(1)
-    x0 = col_hit.argmax(1)
-    x1 = width - 1 - col_hit[:, ::-1].argmax(1)
-    boxes = np.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], axis=1)
-    boxes[areas == 0] = 0
-    return areas, boxes
 
 
 def panoptic_predictions(class_logits: Tensor, mask_logits: Tensor, is_thing,
