@@ -347,6 +347,124 @@ def test_predict_and_bench_default_to_the_bundled_model(inputs, tmp_path, capsys
     assert code == 2 and 'model file not found: ' in stderr  # a path is taken literally
 
 
+# --- predict --track --------------------------------------------------------------------
+
+def shifted(image: np.ndarray, dx: int) -> np.ndarray:
+    """``image`` moved ``dx`` pixels right (edges reflected): its things move with it."""
+    warp = np.float32([[1, 0, dx], [0, 1, 0]])
+    return cv2.warpAffine(image, warp, image.shape[1::-1], borderMode=cv2.BORDER_REFLECT)
+
+
+@pytest.fixture(scope='module')
+def cut_clip(tmp_path_factory):
+    """Six 320x240 frames: synthetic scene 2 drifting right (the bundled model finds a
+    class-4 thing in it), then a cut to scene 1 drifting (another class-4 thing, elsewhere),
+    as an MJPG video and as a folder of PNGs named so that only a natural sort orders them."""
+    root = tmp_path_factory.mktemp('clip')
+    generator = SceneGenerator(height=240, width=320, seed=0)
+    frames = [shifted(generator.scene(2).image, 3 * i) for i in range(3)]
+    frames += [shifted(generator.scene(1).image, 3 * i) for i in range(3)]
+    video = root / 'cut.avi'
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*'MJPG'), 5, (320, 240))
+    assert writer.isOpened(), 'OpenCV cannot write MJPG video here'
+    folder = root / 'frames'
+    folder.mkdir()
+    for index, frame in enumerate(frames):
+        writer.write(frame[..., ::-1].copy())
+        cv2.imwrite(str(folder / f'f{2 * index + 8}.png'), frame[..., ::-1])  # f8 .. f18
+    writer.release()
+    return video, folder
+
+
+def panoptic_maps(out, names) -> list[np.ndarray]:
+    """Our panoptic ids per frame, from the COCO PNGs through segments_info's panoptic_id."""
+    annotations = {a['file_name']: a for a in
+                   json.loads((out / 'predictions.json').read_text())['annotations']}
+    maps = []
+    for name in names:
+        file_ids = rgb2id(cv2.imread(str(out / 'panoptic' / f'{name}.png'))[..., ::-1])
+        lookup = np.full(file_ids.max() + 1, -1, np.int64)
+        for segment in annotations[f'{name}.png']['segments_info']:
+            lookup[segment['id']] = segment['panoptic_id']
+        maps.append(lookup[file_ids])
+    return maps
+
+
+def class_ids(panoptic: np.ndarray, class_id: int) -> set[int]:
+    ids = np.unique(panoptic)
+    return {int(i) for i in ids if i // 1000 == class_id and i % 1000}
+
+
+def test_predict_track_keeps_ids_over_a_video_and_never_hands_a_live_number_on(
+        cut_clip, tmp_path, capsys):
+    video, folder = cut_clip
+    names = [f'cut_{i:06d}' for i in range(6)]
+    maps = {}
+    for mode in ('per-frame', 'track'):
+        out = tmp_path / mode
+        extra = ['--track'] if mode == 'track' else []
+        code, _, stderr = run_main(capsys, 'predict', '--backend', 'torch', '--device', 'cpu',
+                                   '--quiet', *extra, str(video), str(folder), '-o', str(out))
+        assert code == 0, stderr
+        maps[mode] = panoptic_maps(out, names)
+        info = json.loads((out / 'predictions.json').read_text())['info']
+        assert info['tracking'] is (mode == 'track')
+
+    plain, tracked = maps['per-frame'], maps['track']
+    # The pixels are segmented alike; only the numbering of things differs.
+    for a, b in zip(plain, tracked, strict=True):
+        np.testing.assert_array_equal(a // 1000, b // 1000)
+        np.testing.assert_array_equal(a % 1000 == 0, b % 1000 == 0)
+    before = set().union(*(class_ids(m, 4) for m in tracked[:3]))
+    after = set().union(*(class_ids(m, 4) for m in tracked[3:]))
+    assert before and after
+    # The drifting thing keeps its id: where frame 0's thing was, later frames say the same.
+    first = sorted(class_ids(tracked[0], 4))[0]
+    for panoptic in tracked[1:3]:
+        ids, counts = np.unique(panoptic[tracked[0] == first], return_counts=True)
+        assert ids[counts.argmax()] == first
+    # After the cut the earlier tracks are still alive (max age 30): new things get new
+    # numbers, where per-frame numbering starts again from 1.
+    assert not before & after
+    assert 4001 in set().union(*(class_ids(m, 4) for m in plain[3:]))
+    # Overlays label things "class #N": the same pixels as per-frame overlays but the labels.
+    labelled = [cv2.imread(str(tmp_path / mode / 'overlay' / 'cut_000000.jpg')).astype(int)
+                for mode in ('per-frame', 'track')]
+    assert labelled[0].shape == (240, 320, 3)
+    assert (np.abs(labelled[0] - labelled[1]).max(-1) > 60).sum() > 20
+
+
+def test_predict_track_numbers_each_input_on_its_own_and_labels_overlays(
+        cut_clip, tmp_path, capsys):
+    video, folder = cut_clip
+    out = tmp_path / 'out'
+    code, _, stderr = run_main(capsys, 'predict', '--backend', 'torch', '--device', 'cpu',
+                               '--quiet', '--track', str(video), str(folder), '-o', str(out))
+    assert code == 0, stderr
+    data = json.loads((out / 'predictions.json').read_text())
+    sources = [(image['file_name'], image['source']) for image in data['images']]
+    # The folder's frames come in natural order (f8 before f10), after the video's.
+    assert [name for name, _ in sources[6:]] == [f'f{n}.png' for n in range(8, 20, 2)]
+    folder_maps = panoptic_maps(out, [f'f{n}' for n in range(8, 20, 2)])
+    video_maps = panoptic_maps(out, [f'cut_{i:06d}' for i in range(6)])
+    # The folder's tracker starts afresh: its first frame numbers each class from 1.
+    for class_id in {int(i) // 1000 for i in np.unique(folder_maps[0]) if i >= 0}:
+        numbers = sorted(i % 1000 for i in class_ids(folder_maps[0], class_id))
+        assert numbers == list(range(1, len(numbers) + 1))
+    # Each input's tracks live on over its own cut, whichever input came first.
+    for maps in (video_maps, folder_maps):
+        before = set().union(*(class_ids(m, 4) for m in maps[:3]))
+        assert before and not before & set().union(*(class_ids(m, 4) for m in maps[3:]))
+
+
+def test_predict_track_options_are_checked(cut_clip, tmp_path, capsys):
+    video, _ = cut_clip
+    for option in (['--track-max-age', '-1'], ['--track-min-iou', '1.5']):
+        code, _, stderr = run_main(capsys, 'predict', '--track', *option, str(video),
+                                   '-o', str(tmp_path))
+        assert code == 2 and stderr.startswith('tokenmask predict: error: --track-max-age')
+
+
 # --- bench -----------------------------------------------------------------------------
 
 def test_bench_writes_table_csv_and_plot_with_skipped_rows(checkpoint, tmp_path, capsys):

@@ -20,6 +20,8 @@ from tokenmask_ros.defaults import (  # torch-free: building the parser stays fa
     OVERLAP_THRESHOLD,
     PRECISIONS,
     SCORE_THRESHOLD,
+    TRACK_MAX_AGE,
+    TRACK_MIN_IOU,
 )
 
 
@@ -158,8 +160,9 @@ def _threshold_options(parser: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- predict
 
 
-def _predict_inputs(paths: list[str]) -> list[tuple[Path, str]]:
-    """``(path, 'image' | 'video')`` for every input, folders expanded to their images.
+def _predict_inputs(paths: list[str]) -> list[tuple[Path, str, int]]:
+    """``(path, 'image' | 'video', input number)`` for every input, folders expanded to
+    their images in natural-sorted order (the input number groups them, for --track).
 
     SourceError (missing input, folder without images, nothing given) before any model is
     loaded; whether each file is readable is found out per file (see :func:`_precheck`).
@@ -167,14 +170,15 @@ def _predict_inputs(paths: list[str]) -> list[tuple[Path, str]]:
     from tokenmask_ros.sources import IMAGE_SUFFIXES, FolderSource, SourceError
 
     items = []
-    for text in paths:
+    for group, text in enumerate(paths):
         path = Path(text).expanduser()
         if path.is_dir():
-            items += [(p, 'image') for p in FolderSource(path, loop=False).paths]
+            items += [(p, 'image', group) for p in FolderSource(path, loop=False).paths]
         elif not path.exists():
             raise SourceError(f'input not found: {path}')
         else:
-            items.append((path, 'image' if path.suffix.lower() in IMAGE_SUFFIXES else 'video'))
+            kind = 'image' if path.suffix.lower() in IMAGE_SUFFIXES else 'video'
+            items.append((path, kind, group))
     if not items:
         raise SourceError('no input images or videos given')
     return items
@@ -286,12 +290,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     categories; category id = the model's class index, segments keep their panoptic id as
     panoptic_id), and overlay/<frame>.jpg unless --no-overlay. An unreadable input, or one
     larger than --max-pixels (checked from its header before decoding), is skipped with a
-    warning; the others are still written.
+    warning; the others are still written. With --track, thing ids (panoptic_id, overlay
+    labels "class #N") are track numbers, stable over each input's frames.
     """
     from tokenmask_ros.sources import SourceError
 
     if args.max_pixels < 1:
         return _error('predict', f'--max-pixels must be >= 1, got {args.max_pixels}', 2)
+    if args.track_max_age < 0 or not 0.0 <= args.track_min_iou <= 1.0:
+        return _error('predict', '--track-max-age must be >= 0 and --track-min-iou in 0..1', 2)
     try:  # checked before torch is even imported
         items = _predict_inputs(args.inputs)
         model = _find_model(args.model)
@@ -299,12 +306,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return _error('predict', error, 2)
     skipped = _Skipped(len(items))
     usable = []
-    for path, kind in items:
+    for path, kind, group in items:
         reason = _precheck(path, kind, args.max_pixels)
         if reason:
             skipped.add(reason)
         else:
-            usable.append((path, kind))
+            usable.append((path, kind, group))
     if not usable:
         return _error('predict', skipped.message(), 2)
 
@@ -356,19 +363,24 @@ def _segment_inputs(segmenter, items, skipped: _Skipped, model: Path, args):
     out = Path(args.output_dir)
     writer = PanopticWriter(out, categories_json(names, segmenter.is_thing, colors),
                             label_divisor=args.label_divisor)
-    total = sum(1 if kind == 'image' else _video_frame_count(path) for path, kind in items)
+    total = sum(1 if kind == 'image' else _video_frame_count(path) for path, kind, _ in items)
     unique = _unique_names()
+    track = _Tracks(segmenter.is_thing, args) if args.track else None
+    label_text = viz.track_label_text(args.label_divisor) if args.track else None
     timings = []
     with tqdm(total=total or None, desc='predict', unit='frame',
               disable=args.quiet) as progress:
-        for path, kind in items:
+        for path, kind, group in items:
             try:
                 for name, rgb, fields in _input_frames(path, kind, args.max_pixels, unique):
                     prediction = segmenter(rgb)
                     timings.append(segmenter.last_timing)
+                    if track:
+                        prediction = track(group, prediction, rgb)
                     writer.add(prediction, name, len(timings) - 1, **fields)
                     if not args.no_overlay:
-                        blended = viz.draw_overlay(rgb, prediction, names, colors)
+                        blended = viz.draw_overlay(rgb, prediction, names, colors,
+                                                   label_text=label_text)
                         write_rgb(out / 'overlay' / f'{name}.jpg', blended)
                     progress.update()
             except (SourceError, InputError) as error:
@@ -382,9 +394,35 @@ def _segment_inputs(segmenter, items, skipped: _Skipped, model: Path, args):
     info = {'description': 'tokenmask predict', 'model': str(model),
             'backend': backend, 'label_divisor': args.label_divisor,
             'score_threshold': args.score_threshold,
-            'overlap_threshold': args.overlap_threshold, 'max_pixels': args.max_pixels}
+            'overlap_threshold': args.overlap_threshold, 'max_pixels': args.max_pixels,
+            'tracking': bool(args.track)}
+    if args.track:
+        info.update(track_max_age=args.track_max_age, track_min_iou=args.track_min_iou)
     json_path = writer.write_json(out / 'predictions.json', info=info)
     return timings, json_path, writer
+
+
+class _Tracks:
+    """One PanopticTracker per input (a video, a folder's sorted frames, an image), so
+    thing ids are track numbers that persist over that input's frames. A frame of another
+    size than the one before it (folders may mix sizes) starts the tracks afresh."""
+
+    def __init__(self, is_thing, args):
+        from tokenmask_ros.tracking import PanopticTracker
+
+        self._new = lambda: PanopticTracker(is_thing, label_divisor=args.label_divisor,
+                                            max_age=args.track_max_age,
+                                            min_iou=args.track_min_iou)
+        self._trackers: dict[int, tuple] = {}
+
+    def __call__(self, group: int, prediction, rgb):
+        tracker, shape = self._trackers.get(group, (None, None))
+        if tracker is None:
+            tracker = self._new()
+        elif shape != rgb.shape:
+            tracker.reset()
+        self._trackers[group] = (tracker, rgb.shape)
+        return tracker.update(prediction, rgb)
 
 
 def _print_predict_summary(timings, backend: str, json_path: Path, writer, args) -> None:
@@ -425,6 +463,17 @@ def _add_predict(subparsers) -> None:
                         f'(default {MAX_IMAGE_PIXELS})')
     parser.add_argument('--no-overlay', action='store_true',
                         help='do not write overlay/<frame>.jpg colour overlays')
+    parser.add_argument('--track', action='store_true',
+                        help='number things by track, not per frame: one tracker per input '
+                        "(a video's frames, a folder's natural-sorted images), so a thing "
+                        'keeps its panoptic_id (and its "class #N" overlay label) from frame '
+                        'to frame')
+    parser.add_argument('--track-max-age', type=int, default=TRACK_MAX_AGE, metavar='N',
+                        help='with --track: frames a thing may go unseen and keep its id '
+                        f'(default {TRACK_MAX_AGE})')
+    parser.add_argument('--track-min-iou', type=float, default=TRACK_MIN_IOU, metavar='IOU',
+                        help='with --track: least mask IoU to continue a track '
+                        f'(default {TRACK_MIN_IOU})')
     parser.add_argument('--quiet', action='store_true', help='no progress bar or summary')
     parser.set_defaults(func=cmd_predict)
 
