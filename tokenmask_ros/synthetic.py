@@ -69,12 +69,15 @@ class SyntheticScene:
 
     ``panoptic`` holds ``category_id * LABEL_DIVISOR + instance_id`` (stuff instance 0,
     things numbered from 1 within the image); every pixel belongs to a segment.
+    ``horizon`` is the wall/floor boundary (its row at the left and right image edges),
+    which ``tokenmask_ros.synthetic_depth`` needs to give the scene a depth image.
     """
 
     image: np.ndarray      # (H, W, 3) uint8, RGB
     semantic: np.ndarray   # (H, W) uint8 class ids
     panoptic: np.ndarray   # (H, W) int32 panoptic ids
     segments: tuple[Segment, ...]
+    horizon: tuple[float, float] | None = None
 
 
 class SceneGenerator:
@@ -113,7 +116,7 @@ class SceneGenerator:
 
     def scene(self, index: int) -> SyntheticScene:
         rng = self.rng(index)
-        image, semantic = self._background(rng)
+        image, semantic, horizon = self.background(rng)
         instance = np.zeros((self.height, self.width), np.int32)
         low = max(1, self.max_objects // 3)
         count = int(rng.integers(low, self.max_objects + 1)) if self.max_objects else 0
@@ -123,24 +126,29 @@ class SceneGenerator:
         if self.noise_std > 0:
             image += rng.standard_normal(image.shape, dtype=np.float32) * self.noise_std
         image = np.clip(image, 0, 255).astype(np.uint8)
-        panoptic, segments = self._panoptic(semantic, instance)
-        return SyntheticScene(image, semantic, panoptic, segments)
+        panoptic, segments = self.panoptic_segments(semantic, instance)
+        return SyntheticScene(image, semantic, panoptic, segments, horizon)
 
     # --- background ("stuff") ------------------------------------------------------
 
-    def _background(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """A wall above a floor, split by a tilted horizon, maybe a rug; each textured."""
+    def background(self, rng: np.random.Generator
+                   ) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+        """A wall above a floor, split by a tilted horizon, maybe a rug; each textured.
+
+        Returns the float RGB image, the class map and the horizon's rows at the left and
+        right edges.
+        """
         h, w = self.height, self.width
         left, right = (float(v) for v in rng.uniform(0.3, 0.7, size=2) * h)
         horizon = left + self._xs * ((right - left) / max(w - 1, 1))
         is_wall = self._ys < horizon
         semantic = np.where(is_wall, WALL, FLOOR).astype(np.uint8)
-        wall = self._texture(rng)
-        floor = self._texture(rng)
+        wall = self.texture(rng)
+        floor = self.texture(rng)
         image = np.where(is_wall[..., None], wall, floor)
         if rng.random() < 0.6:
             self._draw_rug(rng, image, semantic, max(left, right))
-        return image, semantic
+        return image, semantic, (left, right)
 
     def _draw_rug(self, rng: np.random.Generator, image: np.ndarray, semantic: np.ndarray,
                   horizon: float) -> None:
@@ -157,12 +165,12 @@ class SceneGenerator:
         pts = _rotate(local, angle) + np.array([cx, cy])
         mask = np.zeros((h, w), np.uint8)
         cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
-        texture = self._texture(rng)
+        texture = self.texture(rng)
         on_floor = mask.astype(bool) & (semantic == FLOOR)
         image[on_floor] = texture[on_floor]
         semantic[on_floor] = RUG
 
-    def _texture(self, rng: np.random.Generator) -> np.ndarray:
+    def texture(self, rng: np.random.Generator) -> np.ndarray:
         """A (H, W, 3) float image: a random base colour modulated by a random pattern."""
         # Python floats (not NumPy scalars) keep the float32 grids in float32 (NEP 50).
         base = rng.uniform(40, 215, size=3).astype(np.float32)
@@ -190,10 +198,7 @@ class SceneGenerator:
 
     def _draw_thing(self, rng: np.random.Generator, image: np.ndarray, semantic: np.ndarray,
                     instance: np.ndarray, placed: list[tuple[float, float, float]]) -> None:
-        """Paint one shape over everything drawn so far (later shapes occlude earlier).
-
-        Drawing happens in the shape's bounding window only, so small objects cost little.
-        """
+        """Paint one shape over everything drawn so far (later shapes occlude earlier)."""
         h, w = self.height, self.width
         category = int(rng.choice(THING_CLASSES))
         # Log-uniform size: as many small objects (~12 px across) as large ones.
@@ -207,35 +212,19 @@ class SceneGenerator:
             cx, cy = float(rng.uniform(0, w)), float(rng.uniform(0, h))
         placed.append((cx, cy, radius))
         angle = float(rng.uniform(0, 2 * np.pi))
-        polygons, circle = _thing_outline(category, rng, radius, angle)
-        extent = radius * 2.0 + 8  # bars reach 2 radii from their centre
-        x0, y0 = max(0, math.floor(cx - extent)), max(0, math.floor(cy - extent))
-        x1, y1 = min(w, math.ceil(cx + extent) + 1), min(h, math.ceil(cy + extent) + 1)
-        if x0 >= x1 or y0 >= y1:
+        shape = thing_shape(category, rng)
+        drawn = rasterise_thing(shape, cx, cy, radius, angle, h, w)
+        if drawn is None:
             return
-        mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
-        origin = np.array([cx - x0, cy - y0])
-        if circle is not None:
-            center = (round(origin[0]), round(origin[1]))
-            mid, thickness = circle
-            cv2.circle(mask, center, max(1, round(mid)), 1, -1 if thickness <= 0 else thickness)
-        for polygon in polygons:  # one fillPoly each: overlapping parts stay filled
-            cv2.fillPoly(mask, [np.round(polygon + origin).astype(np.int32)], 1)
-        inside = mask.astype(bool)
-        if not inside.any():
-            return
-        color = cv2.cvtColor(
-            np.array([[[rng.uniform(0, 180), rng.uniform(120, 255), rng.uniform(120, 255)]]],
-                     np.uint8), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
-        window = (slice(y0, y1), slice(x0, x1))
-        shade = 1.0 + 0.15 * (self._ys[window][inside] - cy) / max(radius, 1.0)
-        image[window][inside] = color * shade[:, None]
+        window, inside = drawn
+        color = thing_colour(rng)
+        paint_thing(image, self._ys, window, inside, color, cy, radius)
         semantic[window][inside] = category
         instance[window][inside] = len(placed)
 
     # --- ground truth --------------------------------------------------------------
 
-    def _panoptic(self, semantic: np.ndarray, instance: np.ndarray
+    def panoptic_segments(self, semantic: np.ndarray, instance: np.ndarray
                   ) -> tuple[np.ndarray, tuple[Segment, ...]]:
         """Panoptic ids and segment records; fully occluded instances disappear."""
         # Renumber surviving things 1..N so that ids do not skip occluded instances.
@@ -265,35 +254,109 @@ def _rotate(points: np.ndarray, angle: float) -> np.ndarray:
     return points @ np.array([[c, s], [-s, c]])
 
 
-def _thing_outline(category: int, rng: np.random.Generator, radius: float, angle: float
-                   ) -> tuple[list[np.ndarray], tuple[float, int] | None]:
+# --- thing drawing helpers (shared with ``synthetic_video``) -------------------------
+
+@dataclass(frozen=True)
+class ThingShape:
+    """The random proportions of one thing; with a size and an angle they give its outline.
+
+    Drawn once per thing, so a moving thing keeps its shape from frame to frame.
+    """
+
+    category: int
+    params: tuple[float, ...]
+
+
+def thing_shape(category: int, rng: np.random.Generator) -> ThingShape:
+    """Draw the proportions of a thing of ``category`` (ring hole, box aspect, ...)."""
+    if category == DISC:
+        return ThingShape(category, ())
+    if category == RING:  # inner radius 35-65 % of the outer one
+        return ThingShape(category, (float(rng.uniform(0.35, 0.65)),))
+    if category == BOX:  # half height / half width
+        return ThingShape(category, (float(rng.uniform(0.45, 1.0)),))
+    if category == TRIANGLE:  # corner jitter, up to 15 degrees each
+        return ThingShape(category, tuple(float(v) for v in rng.uniform(-0.26, 0.26, size=3)))
+    if category == BAR:  # half length in radii, width in pixels (3-6)
+        half_len = float(rng.uniform(1.2, 2.0))
+        return ThingShape(category, (half_len, float(rng.integers(3, 7))))
+    if category == CROSS:  # arm half width in radii
+        return ThingShape(category, (float(rng.uniform(0.18, 0.3)),))
+    raise ValueError(f'not a thing class: {category}')
+
+
+def thing_outline(shape: ThingShape, radius: float, angle: float
+                  ) -> tuple[list[np.ndarray], tuple[float, int] | None]:
     """Polygons (centred on the origin) and/or a circle ``(radius, thickness)`` of a thing.
 
     Thickness 0 means a filled circle. Every class has its own geometry; none is a colour.
     """
+    category, params = shape.category, shape.params
     if category == DISC:
         return [], (radius, 0)
-    if category == RING:  # annulus: inner radius 35-65 % of the outer one, hole >= 2 px
+    if category == RING:  # annulus: hole >= 2 px
         outer = max(radius, 5.0)
-        inner = max(2.0, outer * float(rng.uniform(0.35, 0.65)))
+        inner = max(2.0, outer * params[0])
         return [], ((outer + inner) / 2, max(2, round(outer - inner)))
     if category == BOX:  # rotated rectangle
-        half_h = radius * float(rng.uniform(0.45, 1.0))
+        half_h = radius * params[0]
         local = np.array([[-radius, -half_h], [radius, -half_h], [radius, half_h],
                           [-radius, half_h]])
         return [_rotate(local, angle)], None
-    if category == TRIANGLE:  # roughly equilateral, corners jittered by up to 15 degrees
-        corners = angle + np.arange(3) * 2 * np.pi / 3 + rng.uniform(-0.26, 0.26, size=3)
+    if category == TRIANGLE:  # roughly equilateral
+        corners = angle + np.arange(3) * 2 * np.pi / 3 + np.array(params)
         return [radius * np.stack([np.cos(corners), np.sin(corners)], 1)], None
     if category == BAR:  # thin rod: 3-6 px wide, 2.4-4 radii long
-        half_len = radius * float(rng.uniform(1.2, 2.0))
-        half_wid = float(rng.integers(3, 7)) / 2
+        half_len = radius * params[0]
+        half_wid = params[1] / 2
         local = np.array([[-half_len, -half_wid], [half_len, -half_wid], [half_len, half_wid],
                           [-half_len, half_wid]])
         return [_rotate(local, angle)], None
     if category == CROSS:  # plus sign: two perpendicular arms
-        half_wid = max(1.5, radius * float(rng.uniform(0.18, 0.3)))
+        half_wid = max(1.5, radius * params[0])
         arm = np.array([[-radius, -half_wid], [radius, -half_wid], [radius, half_wid],
                         [-radius, half_wid]])
         return [_rotate(arm, angle), _rotate(arm, angle + np.pi / 2)], None
     raise ValueError(f'not a thing class: {category}')
+
+
+def rasterise_thing(shape: ThingShape, cx: float, cy: float, radius: float, angle: float,
+                    height: int, width: int
+                    ) -> tuple[tuple[slice, slice], np.ndarray] | None:
+    """``(window, inside)``: the thing's pixels inside an image, or None when none are.
+
+    Drawing happens in the shape's bounding window only, so small objects cost little;
+    ``inside`` is a boolean mask of the window ``(rows, cols)``.
+    """
+    polygons, circle = thing_outline(shape, radius, angle)
+    extent = radius * 2.0 + 8  # bars reach 2 radii from their centre
+    x0, y0 = max(0, math.floor(cx - extent)), max(0, math.floor(cy - extent))
+    x1, y1 = min(width, math.ceil(cx + extent) + 1), min(height, math.ceil(cy + extent) + 1)
+    if x0 >= x1 or y0 >= y1:
+        return None
+    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    origin = np.array([cx - x0, cy - y0])
+    if circle is not None:
+        center = (round(origin[0]), round(origin[1]))
+        mid, thickness = circle
+        cv2.circle(mask, center, max(1, round(mid)), 1, -1 if thickness <= 0 else thickness)
+    for polygon in polygons:  # one fillPoly each: overlapping parts stay filled
+        cv2.fillPoly(mask, [np.round(polygon + origin).astype(np.int32)], 1)
+    inside = mask.astype(bool)
+    if not inside.any():
+        return None
+    return (slice(y0, y1), slice(x0, x1)), inside
+
+
+def thing_colour(rng: np.random.Generator) -> np.ndarray:
+    """A saturated random RGB colour (float32): colour never gives the class away."""
+    return cv2.cvtColor(
+        np.array([[[rng.uniform(0, 180), rng.uniform(120, 255), rng.uniform(120, 255)]]],
+                 np.uint8), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+
+
+def paint_thing(image: np.ndarray, ys: np.ndarray, window: tuple[slice, slice],
+                inside: np.ndarray, color: np.ndarray, cy: float, radius: float) -> None:
+    """Fill a thing's pixels with its colour, shaded from top to bottom (float image)."""
+    shade = 1.0 + 0.15 * (ys[window][inside] - cy) / max(radius, 1.0)
+    image[window][inside] = color * shade[:, None]
