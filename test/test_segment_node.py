@@ -137,7 +137,9 @@ def graph(rclpy_context):
 
 @pytest.fixture(scope='module')
 def raw(graph):
-    node = NodeUnderTest(graph, '/t_raw', Parameter('score_threshold', value=LOW_THRESHOLD))
+    # Per-frame numbering: each frame's ids are the Segmenter's (tracking has its own tests).
+    node = NodeUnderTest(graph, '/t_raw', Parameter('score_threshold', value=LOW_THRESHOLD),
+                         Parameter('tracking', value=False))
     yield node
     node.segment.destroy_node()
 
@@ -147,6 +149,7 @@ def compressed(graph):
     # Reliable subscription: the QoS test below offers it a best-effort publisher.
     node = NodeUnderTest(graph, '/t_compressed',
                          Parameter('score_threshold', value=LOW_THRESHOLD),
+                         Parameter('tracking', value=False),
                          Parameter('input_transport', value='compressed'),
                          Parameter('image_reliability', value='reliable'))
     yield node

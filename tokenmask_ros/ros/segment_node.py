@@ -8,7 +8,16 @@ publishes, for every frame it segments, with the input's header and size:
 - ``~/overlay`` (``rgb8`` colour overlay, computed only while someone subscribes),
 - ``~/detections`` (vision_msgs/Detection2DArray, one Detection2D per segment),
 
-plus ``~/label_info`` (vision_msgs/LabelInfo, latched) and ``/diagnostics``.
+plus ``~/label_info`` (vision_msgs/LabelInfo, latched) and ``/diagnostics``. With
+``tracking`` on (the default) a :class:`~tokenmask_ros.tracking.PanopticTracker` renumbers
+every prediction first, so thing ids (panoptic, detections, overlay labels) are track
+numbers that persist across frames.
+
+Optional inputs ``depth`` (registered to the colour image) and ``camera_info`` are paired
+with each frame by stamp (:mod:`tokenmask_ros.ros.depth_pairing`) and give, only while
+someone subscribes, ``~/detections_3d`` (vision_msgs/Detection3DArray), ``~/points``
+(labelled sensor_msgs/PointCloud2) and ``~/markers`` (visualization_msgs/MarkerArray).
+Missing, late or bad depth never holds back the 2D outputs.
 
 Newest frame wins: the subscription callback only puts the message into a one-frame slot
 (a frame still waiting there is dropped and counted); one worker thread converts,
@@ -44,35 +53,48 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import QoSPolicyKind, qos_policy_name_from_kind
+from rclpy.qos import QoSPolicyKind, qos_policy_name_from_kind, qos_profile_sensor_data
 from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from vision_msgs.msg import (
     Detection2D,
     Detection2DArray,
+    Detection3DArray,
     LabelInfo,
     ObjectHypothesisWithPose,
     VisionClass,
 )
+from visualization_msgs.msg import MarkerArray
 
 from tokenmask_ros import viz
 from tokenmask_ros.defaults import (
     BACKENDS,
+    DEPTH_MAX,
+    DEPTH_MAX_DELAY,
+    DEPTH_MIN,
     LABEL_DIVISOR,
     MASK_THRESHOLD,
     MAX_IMAGE_PIXELS,
     OVERLAP_THRESHOLD,
     OVERLAY_ALPHA,
+    POINTS_STRIDE,
     PRECISIONS,
     SCORE_THRESHOLD,
+    TRACK_MAX_AGE,
+    TRACK_MIN_IOU,
 )
+from tokenmask_ros.depth3d import labelled_points, segment_boxes_3d
 from tokenmask_ros.ros.conversions import (
     ImageConversionError,
     compressed_to_rgb8,
     image_to_rgb8,
     numpy_to_image,
 )
+from tokenmask_ros.ros.depth_pairing import DepthPairing, depth_frame
+from tokenmask_ros.ros.outputs3d import detections_3d_message, markers_message
+from tokenmask_ros.ros.pointcloud import points_to_cloud
 from tokenmask_ros.ros.qos import RELIABILITY, make_qos
+from tokenmask_ros.tracking import PanopticTracker
 
 TRANSPORTS = ('raw', 'compressed')
 OUTPUT_DEPTH = 5           # reliable outputs: a few frames of headroom for slow readers
@@ -86,6 +108,14 @@ DIAGNOSTICS_PERIOD_S = 1.0
 
 def _unit_range() -> dict:
     return {'floating_point_range': [FloatingPointRange(from_value=0.0, to_value=1.0)]}
+
+
+def _float_range(low: float, high: float) -> dict:
+    return {'floating_point_range': [FloatingPointRange(from_value=low, to_value=high)]}
+
+
+def _int_range(low: int, high: int) -> dict:
+    return {'integer_range': [IntegerRange(from_value=low, to_value=high)]}
 
 
 class Param(NamedTuple):
@@ -131,6 +161,21 @@ PARAMETERS: dict[str, Param] = {
     'max_image_pixels': Param(MAX_IMAGE_PIXELS, 'larger input images are rejected (width * '
                               'height)', True, {'integer_range': [
                                   IntegerRange(from_value=4, to_value=2**30)]}),
+    'tracking': Param(True, 'number things by track (ids persist across frames); false = '
+                      'per-frame numbering', True),
+    'track_max_age': Param(TRACK_MAX_AGE, 'frames a track survives unseen before its number '
+                           'may be reused', True, _int_range(0, 10000)),
+    'track_min_iou': Param(TRACK_MIN_IOU, 'least mask IoU of a frame-to-frame track match',
+                           True, _unit_range()),
+    'depth_max_delay': Param(DEPTH_MAX_DELAY, 'seconds a depth image / camera_info stamp may '
+                             'differ from the colour frame\'s to pair with it', True,
+                             _float_range(0.0, 10.0)),
+    'points_stride': Param(POINTS_STRIDE, '~/points keeps every N-th pixel in each direction',
+                           True, _int_range(1, 64)),
+    'depth_min': Param(DEPTH_MIN, 'nearer depths (m) are ignored; below depth_max', True,
+                       _float_range(0.0, 1000.0)),
+    'depth_max': Param(DEPTH_MAX, 'farther depths (m) are ignored; above depth_min', True,
+                       _float_range(0.0, 1000.0)),
 }
 RESTART_ONLY = frozenset(name for name, p in PARAMETERS.items()
                          if not p.dynamic and not p.read_only)
@@ -237,6 +282,7 @@ class Stats:
     processed: int = 0
     dropped: int = 0
     errors: int = 0
+    without_depth: int = 0  # frames whose 3D outputs were wanted but no depth paired
     last_error: str = ''
     latency_ms: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     inference_ms: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
@@ -307,6 +353,9 @@ class SegmentNode(Node):
         self.semantic_pub = publish(Image, '~/semantic', out_qos)
         self.overlay_pub = publish(Image, '~/overlay', out_qos)
         self.detections_pub = publish(Detection2DArray, '~/detections', out_qos)
+        self.detections_3d_pub = publish(Detection3DArray, '~/detections_3d', out_qos)
+        self.points_pub = publish(PointCloud2, '~/points', out_qos)
+        self.markers_pub = publish(MarkerArray, '~/markers', out_qos)
         self.label_info_pub = publish(LabelInfo, '~/label_info',
                                       make_qos('reliable', 1, transient_local=True))
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
@@ -320,6 +369,21 @@ class SegmentNode(Node):
             event_callbacks=SubscriptionEventCallbacks(
                 incompatible_qos=self._on_incompatible_publisher))
         self.input_topic = self.subscription.topic_name
+
+        # Depth and camera_info: always subscribed (a callback only stores the message),
+        # read only while a 3D output has subscribers.
+        self.tracker = PanopticTracker(self.segmenter.is_thing, label_divisor=p['label_divisor'],
+                                       max_age=p['track_max_age'], min_iou=p['track_min_iou'])
+        self._reset_tracker = False
+        self._warned_resize = False
+        self.pairing = DepthPairing(p['depth_max_delay'])
+        group = MutuallyExclusiveCallbackGroup()
+        self.depth_subscription = self.create_subscription(
+            Image, 'depth', self.pairing.add_depth, qos_profile_sensor_data,
+            callback_group=group)
+        self.camera_info_subscription = self.create_subscription(
+            CameraInfo, 'camera_info', self.pairing.add_camera_info, qos_profile_sensor_data,
+            callback_group=group)
 
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._publish_label_info()
@@ -346,6 +410,9 @@ class SegmentNode(Node):
             if p[name] not in allowed:
                 raise ValueError(f'{name} must be one of {", ".join(allowed)}; '
                                  f'got {p[name]!r}')
+        if not p['depth_min'] < p['depth_max']:
+            raise ValueError(f'depth_min ({p["depth_min"]}) must be below depth_max '
+                             f'({p["depth_max"]})')
 
     def _load_segmenter(self, p: dict):
         from tokenmask_ros.bundled import resolve_model_path
@@ -397,6 +464,11 @@ class SegmentNode(Node):
             if name in RESTART_ONLY and value != self.params[name]:
                 return SetParametersResult(
                     successful=False, reason=f'restart the node to change {name}')
+        depth_range = (values.get('depth_min', self.params['depth_min']),
+                       values.get('depth_max', self.params['depth_max']))
+        if not depth_range[0] < depth_range[1]:
+            return SetParametersResult(successful=False, reason=(
+                f'depth_min ({depth_range[0]}) must be below depth_max ({depth_range[1]})'))
         thresholds = {name: float(values[name]) for name in
                       ('score_threshold', 'overlap_threshold') if name in values}
         if thresholds:
@@ -405,6 +477,14 @@ class SegmentNode(Node):
             except ValueError as error:
                 return SetParametersResult(successful=False, reason=str(error))
         self.params.update(values)
+        if 'track_max_age' in values:
+            self.tracker.max_age = int(values['track_max_age'])
+        if 'track_min_iou' in values:
+            self.tracker.min_iou = float(values['track_min_iou'])
+        if 'depth_max_delay' in values:
+            self.pairing.max_delay = float(values['depth_max_delay'])
+        if values.get('tracking') is False:
+            self._reset_tracker = True  # tracks restart from 1 when tracking is back on
         if 'score_threshold' in values:
             self._publish_label_info()
         return SetParametersResult(successful=True)
@@ -448,13 +528,26 @@ class SegmentNode(Node):
         except Exception as error:  # a backend failure must not end the node
             self._report_error(f'segmentation failed: {error!r}', error, 'segmentation')
             return
+        tracking = bool(self.params['tracking'])
+        if tracking:
+            try:
+                prediction = self._track(prediction, rgb)
+            except Exception as error:
+                self._report_error(f'tracking failed: {error!r}', error, 'tracking')
+                return
         try:
-            self._publish(msg.header, rgb, prediction)
+            self._publish(msg.header, rgb, prediction, tracking)
         except Exception as error:
             if self._closing or not self.context.ok():
                 return  # shutting down: the publishers are going away
             self._report_error(f'publishing failed: {error!r}', error, 'publishing')
             return
+        try:  # after the 2D outputs: depth that came while segmenting is found too
+            self._publish_3d(msg.header, rgb, prediction)
+        except Exception as error:
+            if self._closing or not self.context.ok():
+                return
+            self._report_error(f'3D outputs failed: {error!r}', error, '3d')
         with self._lock:
             self.stats.processed += 1
             self.stats.latency_ms.append(1e3 * (time.monotonic() - received))
@@ -471,15 +564,80 @@ class SegmentNode(Node):
                                        f'max_image_pixels ({limit})', 'too large')
         return np.ascontiguousarray(image_to_rgb8(msg))
 
-    def _publish(self, header, rgb: np.ndarray, prediction) -> None:
+    def _track(self, prediction, rgb: np.ndarray):
+        """``prediction`` with thing ids renumbered by track (one tracker, worker thread)."""
+        if self._reset_tracker:
+            self._reset_tracker = False
+            self.tracker.reset()
+        return self.tracker.update(prediction, rgb)
+
+    def _publish(self, header, rgb: np.ndarray, prediction, tracking: bool = False) -> None:
         semantic_encoding = 'mono8' if prediction.semantic.dtype == np.uint8 else 'mono16'
         self.panoptic_pub.publish(numpy_to_image(prediction.panoptic, '32SC1', header))
         self.semantic_pub.publish(numpy_to_image(prediction.semantic, semantic_encoding, header))
         if self.params['publish_overlay'] and self.overlay_pub.get_subscription_count() > 0:
+            label_text = (viz.track_label_text(self.params['label_divisor']) if tracking
+                          else None)
             blended = viz.draw_overlay(rgb, prediction, self.class_names, self.class_colors,
-                                       float(self.params['overlay_alpha']))
+                                       float(self.params['overlay_alpha']),
+                                       label_text=label_text)
             self.overlay_pub.publish(numpy_to_image(blended, 'rgb8', header))
         self.detections_pub.publish(detections_message(prediction, header))
+
+    def _publish_3d(self, header, rgb: np.ndarray, prediction) -> None:
+        """``~/detections_3d``, ``~/markers`` and ``~/points`` of a frame, each only while
+        subscribed, from the depth and camera_info paired with it (none: nothing sent)."""
+        want_boxes = (self.detections_3d_pub.get_subscription_count() > 0,
+                      self.markers_pub.get_subscription_count() > 0)
+        want_points = self.points_pub.get_subscription_count() > 0
+        if not (any(want_boxes) or want_points):
+            return
+        pair = self.pairing.match(header)
+        if pair is None:
+            self._note_without_depth(header)
+            return
+        p = self.params
+        try:
+            frame = depth_frame(*pair, rgb.shape[:2], p['max_image_pixels'])
+        except ValueError as error:  # DepthFault and ImageConversionError: the sender's
+            self._report_error(f'no 3D for a frame: {error}', error, '3d', warning=True)
+            return
+        if frame.resized and not self._warned_resize:
+            self._warned_resize = True
+            depth = pair[0]
+            self.get_logger().warning(
+                f'depth image {depth.width}x{depth.height} differs from the colour image '
+                f'{rgb.shape[1]}x{rgb.shape[0]}: resized (nearest); register depth to the '
+                'colour camera for exact 3D (logged once)')
+        depth_range = {'min_depth': float(p['depth_min']), 'max_depth': float(p['depth_max'])}
+        if any(want_boxes):
+            boxes = segment_boxes_3d(prediction.panoptic, frame.depth_m, frame.camera,
+                                     **depth_range)
+            if want_boxes[0]:
+                self.detections_3d_pub.publish(detections_3d_message(prediction, boxes, header))
+            if want_boxes[1]:
+                self.markers_pub.publish(markers_message(
+                    prediction, boxes, header, self.class_names, self.class_colors,
+                    int(p['label_divisor'])))
+        if want_points:
+            points = labelled_points(prediction.panoptic, rgb, frame.depth_m, frame.camera,
+                                     stride=int(p['points_stride']),
+                                     label_divisor=int(p['label_divisor']), **depth_range)
+            self.points_pub.publish(points_to_cloud(points, header))
+
+    def _note_without_depth(self, header) -> None:
+        """Count a frame whose 3D outputs are wanted but has no depth/camera_info paired;
+        say why at most once per period (not an error: depth is optional)."""
+        with self._lock:
+            self.stats.without_depth += 1
+        allowed, held = self._error_log.allow('3d: no depth paired')
+        if allowed and not self._closing:
+            more = f' ({held} more like it)' if held else ''
+            self.get_logger().warning(
+                f'3D outputs have subscribers but no depth image and camera_info within '
+                f'depth_max_delay ({self.params["depth_max_delay"]:g} s) of a frame: no 3D '
+                f'for it ({len(self.pairing.depth)} depth, {len(self.pairing.camera_info)} '
+                f'camera_info recent){more}')
 
     def _report_error(self, text: str, error: Exception, stage: str,
                       warning: bool = False) -> None:
@@ -512,6 +670,7 @@ class SegmentNode(Node):
             inference = percentiles(s.inference_ms, (50,))[0]
             values = {'frames received': s.received, 'frames processed': s.processed,
                       'frames dropped': s.dropped, 'errors': s.errors,
+                      'frames without depth': s.without_depth,
                       'last error': s.last_error}
         then, *previous = self._last_report
         self._last_report = (now, *counts)
