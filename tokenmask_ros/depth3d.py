@@ -67,22 +67,36 @@ def segment_boxes_3d(panoptic: np.ndarray, depth_m: np.ndarray, camera: PinholeC
     """
     if int(min_points) < 1:
         raise ValueError(f'min_points must be >= 1, got {min_points}')
-    _, _, ids, points = _valid_pixels(panoptic, depth_m, camera, stride, min_depth, max_depth)
+    rows, cols, ids, z = _valid_pixels(panoptic, depth_m, camera, stride, min_depth, max_depth)
     if not len(ids):
         return {}
-    order = np.argsort(ids, kind='stable')
-    ids, points = ids[order], points[order]
+    points = np.empty((3, len(ids)), np.float32)
+    _back_project(camera, cols, rows, z, *points)
+    order = np.argsort(ids, kind='stable')  # row-major runs: quick; one slice per segment
+    ids, points = ids[order], points[:, order]
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])  # one run per segment
     ends = np.r_[starts[1:], len(ids)]
-    low, high = BOX_PERCENTILES
     boxes = {}
     for start, end in zip(starts, ends, strict=True):
         if end - start < min_points:
             continue
-        lo, center, hi = np.percentile(points[start:end], [low, 50.0, high], axis=0)
+        lo, center, hi = _percentiles(points[:, start:end], (BOX_PERCENTILES[0], 50.0,
+                                                            BOX_PERCENTILES[1]))
         boxes[int(ids[start])] = Box3D(tuple(map(float, center)), tuple(map(float, hi - lo)),
                                        int(end - start))
     return boxes
+
+
+def _percentiles(values: np.ndarray, q: tuple[float, ...]) -> list[np.ndarray]:
+    """np.percentile(values, q, axis=1) (its default linear method) with one partition: a
+    fraction of np.percentile's per-call overhead, which dominated with ~10 segments."""
+    positions = np.asarray(q) / 100.0 * (values.shape[1] - 1)
+    below = np.floor(positions).astype(int)
+    above = np.minimum(below + 1, values.shape[1] - 1)
+    part = np.partition(values, np.unique(np.r_[below, above]), axis=1)
+    weight = positions - below
+    return [part[:, b] + (part[:, a] - part[:, b]) * w
+            for b, a, w in zip(below, above, weight, strict=True)]
 
 
 def labelled_points(panoptic: np.ndarray, rgb: np.ndarray, depth_m: np.ndarray,
@@ -99,10 +113,9 @@ def labelled_points(panoptic: np.ndarray, rgb: np.ndarray, depth_m: np.ndarray,
         raise ValueError(f'rgb {rgb.shape[:2]} and panoptic {np.shape(panoptic)} differ in size')
     if int(label_divisor) < 1:
         raise ValueError(f'label_divisor must be >= 1, got {label_divisor}')
-    rows, cols, ids, points = _valid_pixels(panoptic, depth_m, camera, stride, min_depth,
-                                            max_depth)
+    rows, cols, ids, z = _valid_pixels(panoptic, depth_m, camera, stride, min_depth, max_depth)
     out = np.empty(len(ids), POINT_DTYPE)
-    out['x'], out['y'], out['z'] = points[:, 0], points[:, 1], points[:, 2]
+    _back_project(camera, cols, rows, z, out['x'], out['y'], out['z'])
     out['rgb'] = pack_rgb(rgb[rows, cols])
     out['class_id'] = ids // int(label_divisor)
     out['panoptic_id'] = ids
@@ -123,8 +136,8 @@ def unpack_rgb(packed: np.ndarray) -> np.ndarray:
 
 
 def _valid_pixels(panoptic, depth_m, camera, stride, min_depth, max_depth):
-    """Rows, columns, panoptic ids and (N, 3) optical-frame points of every ``stride``-th
-    pixel (rows and columns) that has a segment (id >= 0) and depth in range (NaN dropped)."""
+    """Rows, columns, panoptic ids and depths of every ``stride``-th pixel (rows and
+    columns) that has a segment (id >= 0) and depth in range (NaN dropped), row-major."""
     panoptic, depth_m = np.asarray(panoptic), np.asarray(depth_m)
     if panoptic.ndim != 2 or panoptic.dtype.kind not in 'iu':
         raise ValueError(f'panoptic must be an (H, W) integer map, got {panoptic.dtype} '
@@ -143,7 +156,18 @@ def _valid_pixels(panoptic, depth_m, camera, stride, min_depth, max_depth):
     z = depth_m[::stride, ::stride]
     with np.errstate(invalid='ignore'):  # NaN compares False: dropped
         keep = (panoptic[::stride, ::stride] >= 0) & (z > 0) & (z >= min_depth) & (z <= max_depth)
-    rows, cols = np.nonzero(keep)
-    rows, cols = rows * stride, cols * stride
-    points = camera.back_project(cols, rows, depth_m[rows, cols])
-    return rows, cols, panoptic[rows, cols], points
+    flat = np.flatnonzero(keep)  # much quicker than a 2D np.nonzero
+    rows, cols = np.divmod(flat, keep.shape[1])
+    return rows * stride, cols * stride, panoptic[::stride, ::stride][keep], z[keep]
+
+
+def _back_project(camera: PinholeCamera, u, v, z, x_out, y_out, z_out) -> None:
+    """PinholeCamera.back_project's formula for pixels (u, v) at depths z, written into the
+    float32 arrays ``x_out``, ``y_out``, ``z_out``: no temporaries (fresh pages are costly)."""
+    z_out[...] = z
+    np.subtract(u, camera.cx, out=x_out, casting='unsafe')
+    x_out *= z_out
+    x_out /= camera.fx
+    np.subtract(v, camera.cy, out=y_out, casting='unsafe')
+    y_out *= z_out
+    y_out /= camera.fy
