@@ -239,3 +239,12 @@ class SequenceGenerator:
         centres = thing_centres(panoptic, depth, self.camera, track_ids)
         return SequenceFrame(image, semantic, panoptic, segments, track_ids, depth, self.camera,
                              index, centres)
+
+
+def __getattr__(name: str):
+    """``write_sequence`` / ``read_sequence`` live in ``sequence_io`` (which imports this)."""
+    if name in ('write_sequence', 'read_sequence'):
+        from tokenmask_ros import sequence_io
+
+        return getattr(sequence_io, name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
