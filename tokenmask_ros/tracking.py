@@ -6,26 +6,31 @@
 
 1. **Overlap stage.** Every live track is scored against every thing segment of the *same
    class* (a track's class is the class of its last match; a segment of another class never
-   matches it, so a class change starts a new track). Tracks seen in the previous frame use
-   mask IoU on a ``downsample``-strided id map, their previous mask shifted by the track's
-   constant-velocity estimate so fast movers still overlap (all intersections come from one
-   ``np.bincount`` over paired ids). Tracks unseen for a while, and masks too thin to
-   survive the striding, use the IoU of the velocity-predicted box instead. Pairs need
-   ``min_iou``; with an image, a colour-histogram similarity (Bhattacharyya coefficient)
-   is added to the score, which separates objects that cross. One
-   ``scipy.optimize.linear_sum_assignment`` picks the matches.
+   matches it, so a class change starts a new track). The score is mask IoU on a
+   ``downsample``-strided grid between the segment and the track's last mask moved on by
+   its constant-velocity estimate (times the frames since it was seen), so fast movers
+   still overlap; all pairs come from one ``np.bincount`` over paired indices. Masks too
+   thin for the grid fall back to the IoU of the velocity-predicted box. Pairs need
+   ``min_iou``. With an image, appearance similarity is added to the score, and a pair
+   that looks clearly different is refused, which keeps crossing objects apart: the
+   Bhattacharyya coefficient of (r, g) chromaticity histograms (brightness-free, so
+   shading and lighting changes barely move it). One
+   ``scipy.optimize.linear_sum_assignment`` (padded so a pair is never forced) picks the
+   matches.
 2. **Re-identification stage.** Tracks and segments left over are matched without needing
    overlap: by class plus appearance (similarity >= ``_REID_MIN_SIMILARITY``) with a loose
    distance prior, so an object that was occluded, or left the frame and came back
-   elsewhere, gets its number back. Without an image (or for segments too small for a
-   histogram) only a segment within one object size of the predicted centre qualifies.
+   elsewhere, gets its number back. Without an image (or for a segment of fewer than
+   ``_MIN_PIXELS`` pixels) the segment's centre must lie inside the track's predicted box.
 
-A track survives ``max_age`` frames unseen and expires after that. Numbers count up per
-class from 1 and are only reused once ``label_divisor - 1`` is reached: then the number
-that expired longest ago is taken, and if every number is still held by a live track, the
-lost track unseen longest is dropped early and its number reused (a frame holds at most
-``label_divisor - 1`` things per class, so some held number is always a lost one). Thus
-two live tracks of a class never share a number.
+A track survives ``max_age`` frames unseen and expires after that, with one exception: a
+track seen in a single frame and missed in the next is dropped at once (a fragment or a
+spurious segment; otherwise it would compete with the real track for ``max_age`` frames).
+Numbers count up per class from 1 and are only reused once ``label_divisor - 1`` is
+reached: then the number that expired longest ago is taken, and if every number is still
+held by a live track, the lost track unseen longest is dropped early and its number reused
+(a frame holds at most ``label_divisor - 1`` things per class, so some held number is
+always a lost one). Thus two live tracks of a class never share a number.
 """
 
 from __future__ import annotations
@@ -46,16 +51,23 @@ from tokenmask_ros.panoptic_types import (
     semantic_void,
 )
 
-#: Strided pixels a mask needs for mask IoU and a histogram (else box IoU / no appearance).
+#: Strided pixels a mask needs for mask IoU and a strided histogram (else box IoU and a
+#: full-resolution histogram, which needs _MIN_PIXELS pixels).
 _MIN_SAMPLES = 4
-#: Colour levels per RGB channel of the appearance histogram (6**3 = 216 bins).
-_LEVELS = 6
+_MIN_PIXELS = 3
+#: Bins per axis of the (r, g) chromaticity histogram used as appearance.
+_LEVELS = 10
 #: Weight of appearance similarity next to IoU in the overlap stage.
 _APPEARANCE_WEIGHT = 0.5
+#: Appearance similarity below which an overlapping pair is refused: another object that
+#: moved where this one was predicted (they met and turned back, or one hides the other).
+_APPEARANCE_VETO = 0.25
 #: Least appearance similarity for a match without overlap (re-identification).
 _REID_MIN_SIMILARITY = 0.5
 #: Weight of the centre distance (in image diagonals) in the re-identification cost.
 _DISTANCE_WEIGHT = 0.5
+#: Score lost per frame unseen in the overlap stage: among equal overlaps, the recent track.
+_RECENCY_WEIGHT = 0.02
 #: How much of the old velocity / histogram each match keeps (exponential smoothing).
 _VELOCITY_MOMENTUM = 0.5
 _HISTOGRAM_MOMENTUM = 0.7
@@ -71,6 +83,16 @@ class _Track:
     velocity: np.ndarray      # (vx, vy) pixels per frame
     last_seen: int            # frame index of the last match
     histogram: np.ndarray | None
+    pixels: tuple             # (strided shape, flat indices of the last mask on that grid)
+    hits: int = 1             # frames matched
+
+
+@dataclass(frozen=True)
+class _Observation:
+    strided: np.ndarray                # strided map of thing indices, -1 elsewhere
+    counts: np.ndarray                 # strided pixels per thing
+    pixels: list[tuple]                # per thing: (strided shape, flat indices)
+    histograms: np.ndarray | None      # per thing, NaN rows where too small
 
 
 class PanopticTracker:
@@ -125,7 +147,6 @@ class PanopticTracker:
         self._frame = 0
         self._next_number: dict[int, int] = {}
         self._expired: dict[int, dict[int, None]] = {}  # class -> numbers, oldest expiry first
-        self._prev: tuple | None = None  # (strided shape, rows, cols, slots, tracks)
 
     # ------------------------------------------------------------------ update
 
@@ -153,46 +174,42 @@ class PanopticTracker:
 
         things = sorted((s for s in prediction.segments if self._flags[s.class_id]),
                         key=lambda s: s.id)
-        strided, counts, histograms = self._observe(panoptic, image, things)
-        matches = self._associate(things, strided, counts, histograms, panoptic.shape)
+        seen = self._observe(panoptic, image, things)
+        matches = self._associate(things, seen, panoptic.shape)
 
         # Update matched tracks, start new ones, expire the unseen.
         seg_track: list[_Track] = []
-        matched = set()
         for index, seg in enumerate(things):
             center, size = _center_size(seg.bbox)
+            hist = seen.histograms[index] if seen.histograms is not None else None
             track = matches.get(index)
-            hist = None
-            if histograms is not None and counts[index] >= _MIN_SAMPLES:
-                hist = histograms[index]
             if track is None:
                 track = _Track(self._allocate(seg.class_id), seg.class_id, center, size,
-                               np.zeros(2), frame, hist)
+                               np.zeros(2), frame, hist, seen.pixels[index])
                 self._tracks.append(track)
             else:
                 step = (center - track.center) / (frame - track.last_seen)
                 track.velocity = (_VELOCITY_MOMENTUM * track.velocity
                                   + (1 - _VELOCITY_MOMENTUM) * step)
                 track.center, track.size, track.last_seen = center, size, frame
-                if hist is not None:
+                track.pixels = seen.pixels[index]
+                track.hits += 1
+                if hist is not None and not np.isnan(hist[0]):
                     track.histogram = hist if track.histogram is None else (
                         _HISTOGRAM_MOMENTUM * track.histogram + (1 - _HISTOGRAM_MOMENTUM) * hist)
-            matched.add(id(track))
             seg_track.append(track)
-        for track in [t for t in self._tracks
-                      if id(t) not in matched and frame - t.last_seen > self._max_age]:
+        # Expired: unseen for more than max_age frames, or seen once and missed right after
+        # (a fragment or a spurious segment, not an object to wait for).
+        for track in [t for t in self._tracks if frame - t.last_seen > self._max_age
+                      or (t.hits == 1 and t.last_seen < frame)]:
             self._expire(track)
-
-        # The strided map of this frame, in track slots, for the next frame's mask IoU.
-        rows, cols = np.nonzero(strided >= 0)
-        self._prev = (strided.shape, rows, cols, strided[rows, cols], seg_track)
         return self._renumber(prediction, panoptic, things, seg_track)
 
     # ------------------------------------------------------------------ steps
 
     def _observe(self, panoptic: np.ndarray, image: np.ndarray | None, things: list[Segment]
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Strided map of thing indices (-1 elsewhere), strided pixel counts, histograms."""
+                 ) -> _Observation:
+        """The thing segments on the strided grid, and their colour histograms."""
         step = self.downsample
         small = panoptic[::step, ::step]
         ids = np.array([s.id for s in things], dtype=np.int64)
@@ -201,22 +218,28 @@ class PanopticTracker:
             strided = np.where(ids[index] == small, index, -1)
         else:
             strided = np.full(small.shape, -1, dtype=np.int64)
-        inside = strided >= 0
-        owner = strided[inside]
+        flat = np.flatnonzero(strided >= 0)
+        owner = strided.ravel()[flat]
         counts = np.bincount(owner, minlength=len(ids))
+        order = np.argsort(owner, kind='stable')
+        pixels = [(small.shape, part) for part in np.split(flat[order], np.cumsum(counts)[:-1])]
         histograms = None
         if image is not None:
-            rgb = (image[::step, ::step][inside].astype(np.int64) * _LEVELS) >> 8
-            colour = (rgb[:, 0] * _LEVELS + rgb[:, 1]) * _LEVELS + rgb[:, 2]
-            bins = _LEVELS ** 3
-            histograms = np.bincount(owner * bins + colour, minlength=len(ids) * bins
-                                     ).reshape(len(ids), bins).astype(np.float64)
-            histograms /= np.maximum(counts, 1)[:, None]
-        return strided, counts, histograms
+            histograms = _histograms(image[::step, ::step].reshape(-1, 3)[flat], owner,
+                                     len(ids))
+            histograms[counts < _MIN_SAMPLES] = np.nan
+            # Segments too small for the grid (entering, mostly hidden, thin): full resolution.
+            for k in np.flatnonzero(counts < _MIN_SAMPLES).tolist():
+                x, y, w, h = things[k].bbox
+                window = (slice(y, y + h), slice(x, x + w))
+                inside = panoptic[window] == things[k].id
+                if np.count_nonzero(inside) >= _MIN_PIXELS:
+                    histograms[k] = _histograms(image[window][inside],
+                                                np.zeros(np.count_nonzero(inside), int), 1)[0]
+        return _Observation(strided, counts, pixels, histograms)
 
-    def _associate(self, things: list[Segment], strided: np.ndarray, counts: np.ndarray,
-                   histograms: np.ndarray | None, full_shape: tuple[int, int]
-                   ) -> dict[int, _Track]:
+    def _associate(self, things: list[Segment], seen: _Observation,
+                   full_shape: tuple[int, int]) -> dict[int, _Track]:
         """Segment index -> matched track, by overlap first, then by re-identification."""
         tracks, frame = self._tracks, self._frame
         if not tracks or not things:
@@ -231,61 +254,60 @@ class PanopticTracker:
                       == np.array([s.class_id for s in things])[None, :])
 
         overlap = _box_iou(predicted, sizes, seg_center, seg_size)
-        mask_iou, mask_ok = self._mask_iou(tracks, strided, counts)
+        mask_iou, mask_ok = self._mask_iou(tracks, gap, seen)
         overlap = np.where(mask_ok, mask_iou, overlap)
 
         similarity = np.full(overlap.shape, np.nan)
-        if histograms is not None:
+        if seen.histograms is not None:
             known = [i for i, t in enumerate(tracks) if t.histogram is not None]
             if known:
                 track_hist = np.sqrt(np.array([tracks[i].histogram for i in known]))
-                similarity[known] = track_hist @ np.sqrt(histograms).T
-            similarity[:, counts < _MIN_SAMPLES] = np.nan
+                similarity[known] = track_hist @ np.sqrt(seen.histograms).T
         has_appearance = ~np.isnan(similarity)
         appearance = np.where(has_appearance, similarity, 0.5)
 
-        # Stage 1: overlap (motion-compensated), appearance as a tie-breaker.
-        allowed = same_class & (overlap >= self._min_iou) & (overlap > 0)
-        matches = _assign(np.where(allowed, -(overlap + _APPEARANCE_WEIGHT * appearance),
-                                   _FORBIDDEN), allowed)
-        # Stage 2: re-identification of what is left, without overlap.
-        distance = np.linalg.norm(predicted[:, None] - seg_center[None], axis=-1)
-        reach = np.maximum(sizes.max(1), 2.0 * self.downsample)[:, None]
+        # Stage 1: overlap (motion-compensated), appearance as a tie-breaker, and among
+        # equals the track seen most recently.
+        allowed = (same_class & (overlap >= self._min_iou) & (overlap > 0)
+                   & ~(similarity < _APPEARANCE_VETO))  # NaN (unknown) never vetoes
+        score = overlap + _APPEARANCE_WEIGHT * appearance - _RECENCY_WEIGHT * gap[:, None]
+        matches = _assign(np.where(allowed, -score, _FORBIDDEN), allowed)
+        # Stage 2: re-identification of what is left, without overlap. No appearance: the
+        # segment's centre must lie in the track's predicted box (plus a margin).
+        margin = 2.0 * self.downsample
+        near = (np.abs(predicted[:, None] - seg_center[None]) <= sizes[:, None] / 2 + margin
+                ).all(-1)
         allowed = same_class & np.where(has_appearance, similarity >= _REID_MIN_SIMILARITY,
-                                        distance <= reach)
-        taken_tracks = [t for t, _ in matches]
-        taken_segs = [s for _, s in matches]
-        allowed[taken_tracks] = False
-        allowed[:, taken_segs] = False
+                                        near)
+        allowed[[t for t, _ in matches]] = False
+        allowed[:, [s for _, s in matches]] = False
+        distance = np.linalg.norm(predicted[:, None] - seg_center[None], axis=-1)
         diagonal = float(np.hypot(*full_shape))
         # Offset: every allowed pair beats leaving both unmatched.
         cost = (1.0 - appearance) + _DISTANCE_WEIGHT * distance / diagonal - 10.0
         matches += _assign(np.where(allowed, cost, _FORBIDDEN), allowed)
         return {s: tracks[t] for t, s in matches}
 
-    def _mask_iou(self, tracks: list[_Track], strided: np.ndarray, counts: np.ndarray
+    def _mask_iou(self, tracks: list[_Track], gap: np.ndarray, seen: _Observation
                   ) -> tuple[np.ndarray, np.ndarray]:
-        """IoU of each track's last mask, shifted by its velocity, with each segment's mask.
+        """IoU of each track's last mask, moved on by its velocity, with each segment's mask.
 
-        Only for tracks seen in the previous frame at the same strided size; ``ok`` marks
-        pairs where both masks have enough strided pixels for the IoU to mean something.
+        On the strided grid, all pairs from one ``bincount``; ``ok`` marks pairs where both
+        masks have enough strided pixels for the IoU to mean something.
         """
+        strided, counts = seen.strided, seen.counts
         num_tracks, num_segs, shape = len(tracks), len(counts), strided.shape
+        usable = [i for i, t in enumerate(tracks) if t.pixels[0] == shape]
         iou = np.zeros((num_tracks, num_segs))
         ok = np.zeros((num_tracks, num_segs), dtype=bool)
-        if self._prev is None or self._prev[0] != shape or not num_segs:
+        if not usable or not num_segs:
             return iou, ok
-        _, rows, cols, slots, prev_tracks = self._prev
-        row_of = {id(t): i for i, t in enumerate(tracks)}
-        slot_row = np.array([row_of.get(id(t), -1) if t.last_seen == self._frame - 1 else -1
-                             for t in prev_tracks] + [-1], dtype=np.int64)
-        track_row = slot_row[slots]
-        keep = track_row >= 0
-        track_row, rows, cols = track_row[keep], rows[keep], cols[keep]
-        velocity = np.array([t.velocity for t in tracks]).reshape(-1, 2)
+        flat = np.concatenate([tracks[i].pixels[1] for i in usable])
+        track_row = np.repeat(usable, [len(tracks[i].pixels[1]) for i in usable])
+        velocity = np.array([t.velocity for t in tracks]) * gap[:, None]
         shift = np.rint(velocity / self.downsample).astype(np.int64)
-        rows = rows + shift[track_row, 1]
-        cols = cols + shift[track_row, 0]
+        rows = flat // shape[1] + shift[track_row, 1]
+        cols = flat % shape[1] + shift[track_row, 0]
         inside = (rows >= 0) & (rows < shape[0]) & (cols >= 0) & (cols < shape[1])
         track_row, rows, cols = track_row[inside], rows[inside], cols[inside]
         area = np.bincount(track_row, minlength=num_tracks)
@@ -295,9 +317,7 @@ class PanopticTracker:
                             minlength=num_tracks * num_segs).reshape(num_tracks, num_segs)
         union = area[:, None] + counts[None, :] - inter
         iou = inter / np.maximum(union, 1)
-        was_seen = np.zeros(num_tracks, dtype=bool)
-        was_seen[slot_row[slot_row >= 0]] = True
-        ok = (was_seen & (area >= _MIN_SAMPLES))[:, None] & (counts >= _MIN_SAMPLES)[None, :]
+        ok = (area >= _MIN_SAMPLES)[:, None] & (counts >= _MIN_SAMPLES)[None, :]
         return iou, ok
 
     def _allocate(self, class_id: int) -> int:
@@ -379,6 +399,22 @@ def prediction_from_panoptic(panoptic: np.ndarray, is_thing,
 def _center_size(bbox: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     x, y, w, h = (float(v) for v in bbox)
     return np.array([x + w / 2, y + h / 2]), np.array([w, h])
+
+
+def _histograms(rgb: np.ndarray, owner: np.ndarray, count: int) -> np.ndarray:
+    """Normalised chromaticity histograms of ``count`` pixel groups (``owner`` per pixel).
+
+    Chromaticity ``(r, g) / (r + g + b)`` ignores brightness, so shading across an object
+    and its changing lighting as it moves leave it nearly unchanged; ``_LEVELS`` bins a side.
+    """
+    rgb = rgb.astype(np.float32) + 1.0
+    total = rgb.sum(1)
+    r = np.minimum((rgb[:, 0] / total * _LEVELS).astype(np.int64), _LEVELS - 1)
+    g = np.minimum((rgb[:, 1] / total * _LEVELS).astype(np.int64), _LEVELS - 1)
+    bins = _LEVELS * _LEVELS
+    histograms = np.bincount(owner * bins + r * _LEVELS + g, minlength=count * bins
+                             ).reshape(count, bins).astype(np.float64)
+    return histograms / np.maximum(histograms.sum(1, keepdims=True), 1)
 
 
 def _box_iou(center_a: np.ndarray, size_a: np.ndarray, center_b: np.ndarray,
