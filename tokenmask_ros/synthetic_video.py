@@ -23,6 +23,7 @@ import numpy as np
 
 from tokenmask_ros.camera import PinholeCamera
 from tokenmask_ros.defaults import LABEL_DIVISOR
+from tokenmask_ros.sources import Frame, FrameSource
 from tokenmask_ros.synthetic import (
     BAR,
     BOX,
@@ -37,7 +38,7 @@ from tokenmask_ros.synthetic import (
     thing_colour,
     thing_shape,
 )
-from tokenmask_ros.synthetic_depth import Room, synthetic_camera, thing_centres
+from tokenmask_ros.synthetic_depth import Room, scene_depth, synthetic_camera, thing_centres
 
 # First word of every random key of a sequence: never equal to a scene's key.
 _SEQUENCE_KEY = 0x5E9_0E9CE
@@ -239,6 +240,48 @@ class SequenceGenerator:
         centres = thing_centres(panoptic, depth, self.camera, track_ids)
         return SequenceFrame(image, semantic, panoptic, segments, track_ids, depth, self.camera,
                              index, centres)
+
+
+class SyntheticRGBDSource(FrameSource):
+    """Synthetic frames with depth: single scenes (``synthetic``, the same images as
+    ``sources.SyntheticSource``) or a sequence's frames (``synthetic_video``, looping).
+
+    After each ``read()``, ``depth`` holds that frame's depth (metres) and ``camera`` the
+    intrinsics, so a publisher can send image, depth and camera info with one header.
+    """
+
+    def __init__(self, kind: str = 'synthetic_video', width: int = 320, height: int = 240,
+                 seed: int = 0, loop: bool = True, length: int = 60,
+                 num_things: int = 6):
+        if kind not in ('synthetic', 'synthetic_video'):
+            raise ValueError(f'kind must be synthetic or synthetic_video, got {kind!r}')
+        self.kind, self.loop = kind, loop
+        self.camera = synthetic_camera(width, height)
+        if kind == 'synthetic':
+            self._scenes = SceneGenerator(height=height, width=width, seed=seed)
+            self.description = f'synthetic RGB-D scenes {width}x{height} (seed {seed})'
+        else:
+            self._sequence = SequenceGenerator(height=height, width=width, seed=seed,
+                                               length=length, num_things=num_things)
+            self.description = (f'synthetic RGB-D video {width}x{height}, {length} frames '
+                                f'(seed {seed})')
+        self.depth: np.ndarray | None = None
+        self.last: SequenceFrame | None = None
+        self._index = 0
+
+    def read(self) -> Frame | None:
+        if self.kind == 'synthetic':
+            scene = self._scenes.scene(self._index)
+            image, self.depth = scene.image, scene_depth(scene, self.camera)
+        else:
+            length = len(self._sequence)
+            if self._index >= length and not self.loop:
+                return None
+            self.last = self._sequence.frame(self._index % length)
+            image, self.depth = self.last.image, self.last.depth
+        frame = Frame(image, 'rgb8', self._index)
+        self._index += 1
+        return frame
 
 
 def __getattr__(name: str):

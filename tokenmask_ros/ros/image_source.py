@@ -1,10 +1,13 @@
 """``image_source``: publish camera-like image streams without a camera.
 
 Feeds demos and tests from a video file, an image folder, a camera device, or the built-in
-synthetic scene generator, at a fixed rate, with correct headers. Publishes
+synthetic generators (single scenes, or a video whose things move, occlude one another and
+leave and re-enter the frame), at a fixed rate, with correct headers. Publishes
 ``image`` (sensor_msgs/Image) and, on request, ``image/compressed``
-(sensor_msgs/CompressedImage, the image_transport naming). Exits with status 0 once
-``count`` frames are out or a non-looping source is exhausted.
+(sensor_msgs/CompressedImage, the image_transport naming); with a synthetic source also
+``depth`` (16UC1 millimetres, registered to the image) and ``camera_info``, both with the
+image's header, as an RGB-D camera driver does. Exits with status 0 once ``count`` frames
+are out or a non-looping source is exhausted.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from tokenmask_ros.ros.conversions import (
     ImageConversionError,
@@ -26,17 +29,21 @@ from tokenmask_ros.ros.conversions import (
     numpy_to_image,
 )
 from tokenmask_ros.ros.qos import RELIABILITY, make_qos
+from tokenmask_ros.sequence_io import depth_to_png
 from tokenmask_ros.sources import SourceError, open_source
+from tokenmask_ros.synthetic_video import SyntheticRGBDSource
 
 OUTPUT_ENCODINGS = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8')
+RGBD_SOURCES = ('synthetic', 'synthetic_video')
 
 # name -> (default, description, extra descriptor fields). config/image_source.yaml
 # repeats these defaults; a test keeps the two in step.
 PARAMETERS = {
-    'source': ('synthetic', '"synthetic", "camera:N", an image folder, or a video file', {}),
+    'source': ('synthetic', '"synthetic", "synthetic_video", "camera:N", an image folder, or '
+               'a video file', {}),
     'rate': (10.0, 'publish rate in Hz', {'floating_point_range': [
         FloatingPointRange(from_value=0.01, to_value=1000.0)]}),
-    'loop': (True, 'restart folders and videos at the end', {}),
+    'loop': (True, 'restart folders, videos and synthetic_video at the end', {}),
     'count': (0, 'frames to publish before exiting; 0 = no limit', {'integer_range': [
         IntegerRange(from_value=0, to_value=2**31 - 1)]}),
     'frame_id': ('camera', 'header.frame_id of every message', {}),
@@ -46,8 +53,14 @@ PARAMETERS = {
     'height': (480, 'synthetic scene height; requested camera height', {'integer_range': [
         IntegerRange(from_value=16, to_value=16384)]}),
     'seed': (0, 'seed of the synthetic scene generator', {}),
+    'sequence_length': (60, 'frames of the synthetic_video sequence (it loops)', {
+        'integer_range': [IntegerRange(from_value=1, to_value=100000)]}),
     'publish_raw': (True, 'publish sensor_msgs/Image on "image"', {}),
     'publish_compressed': (False, 'publish sensor_msgs/CompressedImage on "image/compressed"', {}),
+    'publish_depth': (False, 'publish 16UC1 depth in millimetres on "depth" (synthetic sources)',
+                      {}),
+    'publish_camera_info': (False, 'publish sensor_msgs/CameraInfo on "camera_info" (synthetic '
+                            'sources)', {}),
     'compressed_format': ('jpeg', 'compression of "image/compressed": jpeg or png', {}),
     'jpeg_quality': (90, 'JPEG quality 1-100', {'integer_range': [
         IntegerRange(from_value=1, to_value=100)]}),
@@ -74,12 +87,22 @@ class ImageSourceNode(Node):
         self.compressed_format, self.jpeg_quality = p['compressed_format'], p['jpeg_quality']
         self.wait_for_subscribers = p['wait_for_subscribers']
 
-        self.source = open_source(p['source'], loop=p['loop'], width=p['width'],
-                                  height=p['height'], seed=p['seed'])
+        spec = p['source'].strip()
+        if spec == 'synthetic_video' or (p['publish_depth'] or p['publish_camera_info']):
+            self.source = SyntheticRGBDSource(spec, width=p['width'], height=p['height'],
+                                              seed=p['seed'], loop=p['loop'],
+                                              length=p['sequence_length'])
+        else:
+            self.source = open_source(spec, loop=p['loop'], width=p['width'],
+                                      height=p['height'], seed=p['seed'])
         qos = make_qos(p['reliability'], p['qos_depth'])
         self.raw_pub = self.create_publisher(Image, 'image', qos) if p['publish_raw'] else None
         self.compressed_pub = (self.create_publisher(CompressedImage, 'image/compressed', qos)
                                if p['publish_compressed'] else None)
+        self.depth_pub = (self.create_publisher(Image, 'depth', qos)
+                          if p['publish_depth'] else None)
+        self.info_pub = (self.create_publisher(CameraInfo, 'camera_info', qos)
+                         if p['publish_camera_info'] else None)
         self.published = 0
         self.longest_gap_s = 0.0  # longest time between two publishes: shows stalls
         self._last_publish = None
@@ -99,6 +122,10 @@ class ImageSourceNode(Node):
         if not (p['publish_raw'] or p['publish_compressed']):
             raise ValueError(
                 'publish_raw and publish_compressed are both false: nothing to publish')
+        if ((p['publish_depth'] or p['publish_camera_info'])
+                and p['source'].strip() not in RGBD_SOURCES):
+            raise ValueError('publish_depth and publish_camera_info need source "synthetic" or '
+                             f'"synthetic_video" (no depth or intrinsics for {p["source"]!r})')
 
     def _tick(self) -> None:
         if self.done or not self._subscribers_ready():
@@ -116,6 +143,11 @@ class ImageSourceNode(Node):
         if self.compressed_pub is not None:
             self.compressed_pub.publish(numpy_to_compressed(
                 pixels, self.encoding, self.compressed_format, self.jpeg_quality, msg.header))
+        if self.depth_pub is not None:
+            self.depth_pub.publish(numpy_to_image(depth_to_png(self.source.depth), '16UC1',
+                                                  header=msg.header))
+        if self.info_pub is not None:
+            self.info_pub.publish(camera_info(self.source.camera, msg.header))
         self.published += 1
         now = time.monotonic()
         if self._last_publish is not None:
@@ -127,8 +159,11 @@ class ImageSourceNode(Node):
     def _subscribers_ready(self) -> bool:
         if self.published or not self.wait_for_subscribers:
             return True
-        publishers = [p for p in (self.raw_pub, self.compressed_pub) if p is not None]
+        publishers = [p for p in self._output_publishers() if p is not None]
         return all(p.get_subscription_count() >= self.wait_for_subscribers for p in publishers)
+
+    def _output_publishers(self) -> tuple:
+        return self.raw_pub, self.compressed_pub, self.depth_pub, self.info_pub
 
     def _finish(self, why: str) -> None:
         self.done = True
@@ -137,13 +172,26 @@ class ImageSourceNode(Node):
 
     def wait_for_delivery(self, timeout_s: float = 2.0) -> None:
         """Let reliable subscribers acknowledge the last frames before the process exits."""
-        for pub in (self.raw_pub, self.compressed_pub):
+        for pub in self._output_publishers():
             if pub is not None and pub.qos_profile.reliability == RELIABILITY['reliable']:
                 pub.wait_for_all_acked(Duration(seconds=timeout_s))
 
     def destroy_node(self):
         self.source.close()
         super().destroy_node()
+
+
+def camera_info(camera, header) -> CameraInfo:
+    """CameraInfo of an undistorted pinhole camera (plumb_bob, zero distortion)."""
+    msg = CameraInfo()
+    msg.header = header
+    msg.width, msg.height = camera.width, camera.height
+    msg.distortion_model = 'plumb_bob'
+    msg.d = [0.0] * 5
+    msg.k = camera.k
+    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    msg.p = camera.p
+    return msg
 
 
 def main(args=None) -> int:
