@@ -278,3 +278,16 @@ def test_bad_inputs_are_refused_with_one_line_errors():
         PanopticTracker(IS_THING[:2]).update(pred)
     with pytest.raises(ValueError, match='downsample'):
         PanopticTracker(IS_THING, downsample=0)
+
+
+def test_assignment_never_trades_a_good_pair_for_two_weaker_ones():
+    from tokenmask_ros.tracking import _assign
+
+    # Track 0 fits segment 0 best; track 1 could only take segment 0. Matching both would
+    # give track 0 its weak segment 1: the better total keeps the good pair alone.
+    cost = np.array([[-1.0, -0.3], [-0.5, 0.0]])
+    allowed = np.array([[True, True], [True, False]])
+    assert _assign(cost, allowed) == [(0, 0)]
+    assert _assign(cost, np.zeros_like(allowed)) == []
+    assert sorted(_assign(np.array([[-1.0, -0.2], [-0.2, -1.0]]), np.ones((2, 2), bool))) == [
+        (0, 0), (1, 1)]
