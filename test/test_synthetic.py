@@ -1,5 +1,7 @@
 """The synthetic scene generator: determinism and exact, self-consistent ground truth."""
 
+import hashlib
+
 import cv2
 import numpy as np
 import pytest
@@ -7,6 +9,7 @@ import pytest
 from tokenmask_ros.synthetic import (
     BAR,
     DISC,
+    FLOOR,
     LABEL_DIVISOR,
     RING,
     RUG,
@@ -15,6 +18,13 @@ from tokenmask_ros.synthetic import (
     THING_CLASSES,
     WALL,
     SceneGenerator,
+)
+from tokenmask_ros.synthetic_depth import (
+    WALL_DISTANCE,
+    Room,
+    scene_depth,
+    synthetic_camera,
+    thing_centres,
 )
 
 
@@ -171,3 +181,58 @@ def test_too_small_scene_is_refused():
         SceneGenerator(height=8, width=64)
     with pytest.raises(ValueError, match='>= 0'):
         SceneGenerator(seed=-1)
+
+
+def test_scene_layout_is_unchanged():
+    """The bundled model and many tests were made with these scenes: the class maps, panoptic
+    maps and segments must stay bit-identical (digest computed before the drawing helpers
+    were shared with synthetic_video; pixel colours are left out, as float maths such as
+    np.sin may differ in the last bit between CPUs)."""
+    digest = hashlib.sha256()
+    generator = SceneGenerator(height=96, width=128, seed=3)
+    for index in range(6):
+        scene = generator.scene(index)
+        digest.update(scene.semantic.tobytes())
+        digest.update(scene.panoptic.tobytes())
+        digest.update(repr(scene.segments).encode())
+    assert digest.hexdigest() == \
+        'c4ddf8480adc43f7d950b251b0196b4ed8fa682cd61aeab1cd8df75570ceba7c'
+
+
+def test_horizon_is_where_the_wall_meets_the_floor(generator):
+    for index in range(6):
+        scene = generator.scene(index)
+        left, right = scene.horizon
+        rows, cols = np.indices(scene.semantic.shape)
+        horizon = left + cols * (right - left) / (scene.semantic.shape[1] - 1)
+        assert (rows[scene.semantic == WALL] < horizon[scene.semantic == WALL]).all()
+        floor = np.isin(scene.semantic, (FLOOR, RUG))
+        assert (rows[floor] >= horizon[floor]).all()
+
+
+def test_scene_depth_wall_floor_and_standing_things(generator):
+    for index in range(8):
+        scene = generator.scene(index)
+        camera = synthetic_camera(128, 96)
+        depth = scene_depth(scene, camera)
+        assert depth.shape == (96, 128) and depth.dtype == np.float32
+        assert np.isfinite(depth).all() and (depth > 0).all()
+        np.testing.assert_array_equal(depth[scene.semantic == WALL], WALL_DISTANCE)
+        floor = np.isin(scene.semantic, (FLOOR, RUG))
+        below = floor[1:] & floor[:-1]
+        assert (np.diff(depth, axis=0)[below] < 0).all()  # nearer toward the bottom rows
+        room = Room(camera, scene.horizon)
+        centres = thing_centres(scene.panoptic, depth, camera)
+        for segment in scene.segments:
+            if not segment.is_thing:
+                continue
+            mask = scene.panoptic == segment.id
+            x, y, w, h = segment.bbox
+            z = room.standing_depth(x + (w - 1) / 2, y + h - 1)  # floor depth at its foot
+            assert 0 < z < WALL_DISTANCE
+            np.testing.assert_allclose(depth[mask], z, rtol=1e-6)
+            rows, cols = np.nonzero(mask)
+            expected = camera.back_project(cols.mean(), rows.mean(), z)
+            np.testing.assert_allclose(centres[segment.id], expected, rtol=1e-5)
+    with pytest.raises(ValueError, match='camera is'):
+        scene_depth(generator.scene(0), synthetic_camera(64, 48))
