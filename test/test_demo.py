@@ -13,7 +13,7 @@ pytest.importorskip('rclpy')
 pytest.importorskip('vision_msgs.msg')
 
 from tokenmask_ros.ros.demo import contact_sheet, letterbox, write_video
-from tokenmask_ros.synthetic import SceneGenerator
+from tokenmask_ros.synthetic import SYNTHETIC_CLASSES, SceneGenerator
 
 
 def run_demo(out, *extra, frames=5, rate=4):
@@ -70,7 +70,7 @@ def test_demo_runs_end_to_end_and_reports_every_row(tmp_path):
     """``make demo``'s entry point in its own process: camera, node, collector, outputs."""
     out = tmp_path / 'demo'
     rows = run_demo(out)
-    assert rows['camera'].startswith('synthetic scenes 320x240')
+    assert rows['camera'].startswith('synthetic RGB-D video 320x240')
     assert rows['frames published (in)'] == '5'
     assert rows['frames lost in transport'] == '0'
     segmented = int(rows['frames segmented (out)'])
@@ -83,6 +83,21 @@ def test_demo_runs_end_to_end_and_reports_every_row(tmp_path):
     sheet = cv2.imread(str(out / 'contact_sheet.png'))
     assert sheet is not None and sheet.shape[1] == 2 * 320 * min(2, segmented)
     assert {p.name for p in out.glob('overlay.*')} & {'overlay.mp4', 'overlay.avi'}
+    # Tracking and 3D: the synthetic sequence comes with depth and camera_info.
+    assert rows['tracking'] == 'on'
+    assert int(rows['tracks seen (distinct thing ids)']) >= 1
+    per_frame, rest = rows['3D segments per frame (mean)'].split(' (', 1)
+    assert float(per_frame) >= 1 and rest.endswith(f'over {segmented} frames')
+    clouds, markers = rows['labelled clouds / marker arrays received'].split(' / ')
+    assert int(clouds) == int(markers) == segmented
+    assert 'bad 3D messages' not in rows
+    assert 'snapshot_3d.png' in rows['files']
+    snapshot = cv2.imread(str(out / 'snapshot_3d.png'))[..., ::-1]
+    assert snapshot.shape == (480, 480, 3)
+    floor = (snapshot == SYNTHETIC_CLASSES[0].color).all(-1)  # the floor's class colour
+    assert floor.sum() > 200  # a top view of the floor: many points in front of the camera
+    rows_with_floor = np.flatnonzero(floor.any(1))
+    assert rows_with_floor.max() < 470  # in front of the camera (which is at the bottom)
 
 
 def test_demo_segments_a_folder_of_images_of_several_sizes(tmp_path):
@@ -102,6 +117,9 @@ def test_demo_segments_a_folder_of_images_of_several_sizes(tmp_path):
     assert capture.read()[0]
     capture.release()
     assert cv2.imread(str(out / 'contact_sheet.png')) is not None
+    # No depth from an image folder: the 2D outputs are complete, the 3D ones absent.
+    assert rows['3D segments per frame (mean)'].startswith('n/a (no depth')
+    assert not (out / 'snapshot_3d.png').exists() and 'snapshot_3d' not in rows['files']
 
 
 def test_demo_segments_a_video_file_with_the_model_named_by_its_bare_file_name(tmp_path):

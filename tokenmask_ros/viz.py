@@ -265,8 +265,10 @@ def track_label_text(label_divisor: int = LABEL_DIVISOR):
     return label
 
 
-GRID_COLOR = (70, 70, 70)
-TOP_VIEW_BACKGROUND = (24, 24, 24)
+# A light background: dark class colours (navy, grey) stay visible; grid lighter than any.
+TOP_VIEW_BACKGROUND = (240, 240, 240)
+GRID_COLOR = (212, 212, 212)
+AXIS_TEXT_COLOR = (40, 40, 40)
 
 
 def top_view_extent(points: np.ndarray, boxes=(), margin: float = 0.1
@@ -331,7 +333,7 @@ def draw_top_view(points: np.ndarray, boxes=None, class_names=(), class_colors=N
     first = np.ones(len(order), bool)
     first[1:] = pixel[order][1:] != pixel[order][:-1]
     top = order[first]
-    table = np.vstack([colors, np.full((1, 3), 200, np.uint8)])  # unknown class: grey
+    table = np.vstack([colors, np.full((1, 3), 128, np.uint8)])  # unknown class: grey
     shade = table[np.where((class_id[top] >= 0) & (class_id[top] < len(colors)),
                            class_id[top], len(colors))]
     for dy in range(splat):  # a small square per point: a loop over offsets, not pixels
@@ -350,7 +352,7 @@ def draw_top_view(points: np.ndarray, boxes=None, class_names=(), class_colors=N
         x0, z1 = to_pixels(cx - sx / 2, cz - sz / 2)
         x1, z0 = to_pixels(cx + sx / 2, cz + sz / 2)
         color = (tuple(int(v) for v in colors[class_id]) if 0 <= class_id < len(colors)
-                 else TEXT_COLOR)
+                 else AXIS_TEXT_COLOR)
         cv2.rectangle(image, (int(x0), int(z0)), (int(x1), int(z1)), color, 2 if instance else 1)
         name = _name(class_names, class_id)
         text = f'{name} #{instance}' if instance else name
@@ -362,7 +364,7 @@ def draw_top_view(points: np.ndarray, boxes=None, class_names=(), class_colors=N
         cv2.rectangle(image, label[:2], (label[2] - 1, label[3] - 1), LABEL_BACKGROUND, -1)
         cv2.putText(image, text, (label[0] + pad, label[3] - pad - baseline), FONT, scale_text,
                     TEXT_COLOR, thickness, cv2.LINE_AA)
-    cv2.drawMarker(image, origin, TEXT_COLOR, cv2.MARKER_TRIANGLE_UP, 12, 2)
+    cv2.drawMarker(image, origin, AXIS_TEXT_COLOR, cv2.MARKER_TRIANGLE_UP, 12, 2)
     cv2.putText(image, f'top view (x right, z forward), grid 1 m, {len(points)} points',
-                (6, 16), FONT, 0.4, TEXT_COLOR, 1, cv2.LINE_AA)
+                (6, 16), FONT, 0.4, AXIS_TEXT_COLOR, 1, cv2.LINE_AA)
     return image

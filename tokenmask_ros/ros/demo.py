@@ -1,15 +1,19 @@
-"""``make demo``: a camera (synthetic or yours) -> segment_node -> overlays, video, latency table.
+"""``make demo``: a camera (synthetic or yours) -> segment_node -> overlays, video, 3D, table.
 
 One process, one single-threaded executor, three nodes talking over real DDS topics:
-``image_source`` (the :class:`ImageSourceNode` class itself, reading ``--source``: synthetic
-scenes, ``camera:N``, an image folder or a video file, frames of any size),
-``segment_node`` (:class:`SegmentNode`, the bundled model unless ``--model``) and a collector
-that subscribes to the camera, the overlay and the detections. After ``--frames`` frames it
-writes into ``--output-dir``: ``overlay_NNNN.png`` per segmented frame, ``overlay.mp4`` (MJPG
-``.avi`` where OpenCV cannot write MP4), ``contact_sheet.png`` (input beside overlay for
-sampled frames) and ``summary.md``, and prints the summary table. End-to-end latency is
-header stamp (set by image_source when it publishes) to the moment the collector receives
-the frame's detections, on the same clock.
+``image_source`` (the :class:`ImageSourceNode` class itself, reading ``--source``: a
+synthetic RGB-D sequence (``synthetic_video``: things that move, with depth and
+camera_info), ``camera:N``, an image folder or a video file, frames of any size),
+``segment_node`` (:class:`SegmentNode`, the bundled model unless ``--model``, tracking on)
+and a collector that subscribes to the camera, the overlay, the detections and the 3D
+outputs. After ``--frames`` frames it writes into ``--output-dir``: ``overlay_NNNN.png`` per
+segmented frame, ``overlay.mp4`` (MJPG ``.avi`` where OpenCV cannot write MP4): the tracked
+video, each thing labelled "class #track" at its centre, ``contact_sheet.png`` (input
+beside overlay for sampled frames), ``snapshot_3d.png`` (top view of the last frame's
+labelled cloud with its 3D boxes; only when depth came with the frames) and
+``summary.md``, and prints the summary table. End-to-end latency is header stamp (set by
+image_source when it publishes) to the moment the collector receives the frame's
+detections, on the same clock.
 
     python -m tokenmask_ros.ros.demo --frames 60 --rate 5 --output-dir demo_output
     python -m tokenmask_ros.ros.demo --source my_photos/ --frames 20 --rate 2
@@ -31,19 +35,31 @@ from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image
-from vision_msgs.msg import Detection2DArray
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from vision_msgs.msg import Detection2DArray, Detection3DArray
+from visualization_msgs.msg import MarkerArray
 
+from tokenmask_ros import viz
 from tokenmask_ros.bundled import resolve_model_path
 from tokenmask_ros.image_io import write_bgr, write_rgb
 from tokenmask_ros.ros.conversions import image_to_numpy
 from tokenmask_ros.ros.image_source import ImageSourceNode
+from tokenmask_ros.ros.pointcloud import CloudError, cloud_to_points
 from tokenmask_ros.ros.processes import spin_until
 from tokenmask_ros.ros.segment_node import SegmentNode, percentiles
 from tokenmask_ros.sources import SourceError
 
 NAMESPACE = '/tokenmask_demo'
+FRAME_ID = 'camera'  # image_source's default and config/segment.rviz's fixed frame
 TILE_WIDTH = 320  # contact sheet tiles; inputs are kept at this size only
+KEEP_CLOUDS = 3  # labelled clouds kept for the 3D snapshot (the newest ones)
+
+
+class Box:
+    """A 3D box as Detection3D carries it: centre and size in metres (optical frame)."""
+
+    def __init__(self, center, size):
+        self.center, self.size = center, size
 
 
 class Collector(Node):
@@ -55,10 +71,26 @@ class Collector(Node):
         self.overlays: dict[int, np.ndarray] = {}
         self.inputs: dict[int, np.ndarray] = {}  # stamp -> thumbnail for the contact sheet
         self.arrivals: dict[int, tuple[int, int]] = {}  # stamp -> (received ns, segments)
+        self.ids: dict[int, list[int]] = {}  # stamp -> panoptic ids of the 2D detections
+        self.boxes: dict[int, dict[int, Box]] = {}  # stamp -> panoptic id -> 3D box
+        self.clouds: dict[int, np.ndarray] = {}  # stamp -> labelled points (newest few)
+        self.markers = 0
+        self.clouds_received = 0
+        self.depth_frames = 0
+        self.camera_infos = 0
+        self.bad_3d: list[str] = []
         self.create_subscription(Image, 'image', self._on_image, qos)
         self.create_subscription(Image, 'segment_node/overlay', self._on_overlay, qos)
         self.create_subscription(Detection2DArray, 'segment_node/detections',
                                  self._on_detections, qos)
+        # 3D: the node computes these only while subscribed, and only with depth; counting
+        # depth and camera_info also makes this node a subscriber image_source waits for.
+        self.create_subscription(Detection3DArray, 'segment_node/detections_3d',
+                                 self._on_detections_3d, qos)
+        self.create_subscription(PointCloud2, 'segment_node/points', self._on_points, qos)
+        self.create_subscription(MarkerArray, 'segment_node/markers', self._on_markers, qos)
+        self.create_subscription(Image, 'depth', self._on_depth, qos)
+        self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, qos)
 
     @staticmethod
     def stamp_ns(msg) -> int:
@@ -73,6 +105,39 @@ class Collector(Node):
     def _on_detections(self, msg: Detection2DArray) -> None:
         now = self.get_clock().now().nanoseconds
         self.arrivals[self.stamp_ns(msg)] = (now, len(msg.detections))
+        self.ids[self.stamp_ns(msg)] = [int(d.id) for d in msg.detections
+                                        if d.id.lstrip('-').isdigit()]
+
+    def _on_detections_3d(self, msg: Detection3DArray) -> None:
+        boxes = {}
+        for detection in msg.detections:
+            if not detection.id.lstrip('-').isdigit():
+                self.bad_3d.append(f'detection id {detection.id[:20]!r}')
+                continue
+            center, size = detection.bbox.center.position, detection.bbox.size
+            boxes[int(detection.id)] = Box((center.x, center.y, center.z),
+                                           (size.x, size.y, size.z))
+        self.boxes[self.stamp_ns(msg)] = boxes
+
+    def _on_points(self, msg: PointCloud2) -> None:
+        try:
+            points = cloud_to_points(msg)
+        except CloudError as error:
+            self.bad_3d.append(str(error))
+            return
+        self.clouds_received += 1
+        self.clouds[self.stamp_ns(msg)] = points.copy()
+        for stamp in sorted(self.clouds)[:-KEEP_CLOUDS]:
+            del self.clouds[stamp]
+
+    def _on_markers(self, msg: MarkerArray) -> None:
+        self.markers += 1
+
+    def _on_depth(self, msg: Image) -> None:
+        self.depth_frames += 1
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self.camera_infos += 1
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -80,8 +145,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         prog='python -m tokenmask_ros.ros.demo', description=__doc__.split('\n\n')[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--source', default='synthetic',
-                        help='"synthetic", "camera:N", an image folder or a video file '
-                             '(folders and videos loop until --frames are out)')
+                        help='"synthetic" (a synthetic RGB-D sequence: moving things, depth '
+                             'and camera_info, so the 3D outputs have input), "camera:N", '
+                             'an image folder or a video file (folders and videos loop '
+                             'until --frames are out)')
     parser.add_argument('--frames', type=int, default=60, help='frames the camera publishes')
     parser.add_argument('--rate', type=float, default=5.0, help='camera rate in Hz')
     parser.add_argument('--size', default='320x240',
@@ -136,10 +203,10 @@ def main(argv=None) -> int:
         spin_until(executor, lambda: segment.overlay_pub.get_subscription_count() > 0, 10)
         try:  # waits for both subscribers: segment_node and the collector
             source = ImageSourceNode(namespace=NAMESPACE, parameter_overrides=[
-                Parameter('source', value=args.source), Parameter('rate', value=args.rate),
+                *source_parameters(args.source), Parameter('rate', value=args.rate),
                 Parameter('count', value=args.frames), Parameter('width', value=args.width),
                 Parameter('height', value=args.height), Parameter('seed', value=args.seed),
-                Parameter('frame_id', value='demo_camera'),
+                Parameter('frame_id', value=FRAME_ID),
                 Parameter('wait_for_subscribers', value=2)])
         except (SourceError, ValueError) as error:
             print(f'demo: cannot open --source {args.source!r}: {error}', file=sys.stderr)
@@ -165,6 +232,8 @@ def main(argv=None) -> int:
         summary = summarize(args, source, segment, collector, wall, completed, cpu, stolen)
         out = Path(args.output_dir)
         files = write_outputs(out, collector, args.rate)
+        if write_snapshot_3d(out / 'snapshot_3d.png', collector, segment):
+            files.insert(-1, 'snapshot_3d.png')
         summary.append(('files', ', '.join(files)))
         table = format_table(summary)
         (out / 'summary.md').write_text(table + '\n')
@@ -177,6 +246,15 @@ def main(argv=None) -> int:
         for node in reversed(nodes):
             node.destroy_node()
         rclpy.try_shutdown()
+
+
+def source_parameters(source: str) -> list[Parameter]:
+    """image_source's parameters for ``--source``: "synthetic" is the RGB-D sequence."""
+    if source.strip() == 'synthetic':
+        return [Parameter('source', value='synthetic_video'),
+                Parameter('publish_depth', value=True),
+                Parameter('publish_camera_info', value=True)]
+    return [Parameter('source', value=source)]
 
 
 def cpu_steal_s() -> float | None:
@@ -216,6 +294,7 @@ def summarize(args, source, segment, collector, wall: float, completed: bool,
         ('end-to-end latency p50 / p95 / p99 (ms)', f'{p50:.0f} / {p95:.0f} / {p99:.0f}'),
         ('segmenter time p50 (ms)', f'{segmenter_ms:.0f}'),
         ('segments per frame (mean)', f'{segments:.1f}'),
+        *tracking_rows(segment, collector),
         ('backend', segment.segmenter.backend.describe()),
         ('model', segment.model_path.name),
         ('score threshold', segment.params['score_threshold']),
@@ -226,6 +305,29 @@ def summarize(args, source, segment, collector, wall: float, completed: bool,
         ('CPU time stolen by the hypervisor (s)',
          'n/a' if stolen_s is None else f'{stolen_s:.2f}'),
     ]
+    return rows
+
+
+def tracking_rows(segment, collector) -> list[tuple[str, str]]:
+    """Tracks seen and the 3D outputs per frame ("n/a" where no depth came)."""
+    divisor = int(segment.params['label_divisor'])
+    things = {i for ids in collector.ids.values() for i in ids if i >= 0 and i % divisor}
+    tracking = 'on' if segment.params.get('tracking') else 'off (ids per frame)'
+    frames_3d = len(collector.boxes)
+    if frames_3d:
+        per_frame = np.mean([len(boxes) for boxes in collector.boxes.values()])
+        things_3d = np.mean([sum(1 for i in boxes if i % divisor)
+                             for boxes in collector.boxes.values()])
+        segments_3d = f'{per_frame:.1f} ({things_3d:.1f} things) over {frames_3d} frames'
+    else:
+        segments_3d = f'n/a (no depth: {collector.depth_frames} depth frames received)'
+    rows = [('tracking', tracking),
+            ('tracks seen (distinct thing ids)', str(len(things))),
+            ('3D segments per frame (mean)', segments_3d),
+            ('labelled clouds / marker arrays received',
+             f'{collector.clouds_received} / {collector.markers}')]
+    if collector.bad_3d:
+        rows.append(('bad 3D messages', f'{len(collector.bad_3d)}: {collector.bad_3d[0]}'))
     return rows
 
 
@@ -252,6 +354,22 @@ def write_outputs(out: Path, collector: Collector, rate: float) -> list[str]:
     inputs = [collector.inputs.get(stamp) for stamp in stamps]
     write_rgb(out / 'contact_sheet.png', contact_sheet(inputs, frames))
     return [f'{len(frames)} x overlay_NNNN.png', video.name, 'contact_sheet.png', 'summary.md']
+
+
+def write_snapshot_3d(path: Path, collector: Collector, segment) -> bool:
+    """``snapshot_3d.png``: the newest frame that has both a labelled cloud and 3D boxes,
+    seen from above (``viz.draw_top_view``); False (and an old snapshot removed) when no
+    frame had depth."""
+    stamps = sorted(set(collector.clouds) & set(collector.boxes))
+    if not stamps:
+        path.unlink(missing_ok=True)
+        return False
+    stamp = stamps[-1]
+    image = viz.draw_top_view(collector.clouds[stamp], collector.boxes[stamp],
+                              segment.class_names, segment.class_colors,
+                              label_divisor=int(segment.params['label_divisor']))
+    write_rgb(path, image)
+    return True
 
 
 def write_video(out: Path, frames: list[np.ndarray], fps: float) -> Path:
