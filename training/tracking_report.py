@@ -60,10 +60,10 @@ def plot(path: Path, scores: Mapping[str, TrackingScores], title: str = '') -> N
         bars = axes.bar(xs, values, width, label=run)
         axes.bar_label(bars, fmt='%.1f', fontsize=7)
     axes.set_xticks(range(len(PLOT_COLUMNS)), PLOT_COLUMNS)
-    axes.set_ylim(0, 105)
+    axes.set_ylim(0, 118)  # headroom for the legend above the bars
     axes.set_ylabel('%')
     axes.set_title(title or 'Tracking on masks (TrackEval)')
-    axes.legend(loc='lower right', fontsize=8)
+    axes.legend(loc='upper center', ncol=len(runs), fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
