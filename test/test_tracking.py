@@ -137,21 +137,23 @@ def test_reentry_elsewhere_keeps_id_up_to_max_age_unseen_frames(gap, expected):
         assert_consistent(out)
 
 
-def test_a_segment_seen_in_one_frame_only_is_dropped_when_missed_next():
+def test_a_one_frame_fragment_is_dropped_once_its_object_is_whole_again():
     tracker = PanopticTracker(IS_THING, max_age=10)
-    a, blip = (DISC, 30, 30, 7, RED), (DISC, 90, 40, 5, BLUE)
+    a, lone = (DISC, 30, 30, 9, RED), (DISC, 100, 45, 5, BLUE)
+
+    def split(*objects):  # the segmenter cuts a corner off the red disc
+        pred, image = frame(*objects)
+        panoptic = pred.panoptic.copy()
+        panoptic[30:36, 33:39] = DISC * 1000 + 9
+        return prediction_from_panoptic(panoptic, IS_THING), image
+
     tracker.update(*frame(a))
-    out = tracker.update(*frame(a, blip))
-    assert ids_at(out, (30, 30), (90, 40)) == [1001, 1002]
+    out = tracker.update(*split(a, lone))  # a corner fragment and a far, one-frame object
+    assert ids_at(out, (28, 28), (35, 32), (100, 45)) == [1001, 1003, 1002]
     out = tracker.update(*frame(a))
-    assert tracker.num_tracks == 1
-    for _ in range(2):  # same place, same colour: still a new track, kept this time
-        out = tracker.update(*frame(a, blip))
-        assert ids_at(out, (30, 30), (90, 40)) == [1001, 1003]
-    for _ in range(3):  # seen twice: it survives being missed
-        out = tracker.update(*frame(a))
-    out = tracker.update(*frame(a, blip))
-    assert ids_at(out, (30, 30), (90, 40)) == [1001, 1003]
+    assert tracker.num_tracks == 2  # the fragment's track is gone, the lone one waits
+    out = tracker.update(*split(a, lone))
+    assert ids_at(out, (28, 28), (35, 32), (100, 45)) == [1001, 1004, 1002]
 
 
 @pytest.mark.parametrize('bounce', [False, True])

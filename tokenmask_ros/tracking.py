@@ -24,8 +24,10 @@
    ``_MIN_PIXELS`` pixels) the segment's centre must lie inside the track's predicted box.
 
 A track survives ``max_age`` frames unseen and expires after that, with one exception: a
-track seen in a single frame and missed in the next is dropped at once (a fragment or a
-spurious segment; otherwise it would compete with the real track for ``max_age`` frames).
+track seen in a single frame is dropped at once when, in the next, the segment it could
+have matched goes to an older track (it was a fragment or a sliver of that object, e.g. an
+object re-entering the frame too small to recognise; kept, it would compete with the real
+track for ``max_age`` frames).
 Numbers count up per class from 1 and are only reused once ``label_divisor - 1`` is
 reached: then the number that expired longest ago is taken, and if every number is still
 held by a live track, the lost track unseen longest is dropped early and its number reused
@@ -175,33 +177,38 @@ class PanopticTracker:
         things = sorted((s for s in prediction.segments if self._flags[s.class_id]),
                         key=lambda s: s.id)
         seen = self._observe(panoptic, image, things)
-        matches = self._associate(things, seen, panoptic.shape)
+        matches, absorbed = self._associate(things, seen, panoptic.shape)
 
         # Update matched tracks, start new ones, expire the unseen.
         seg_track: list[_Track] = []
         for index, seg in enumerate(things):
             center, size = _center_size(seg.bbox)
             hist = seen.histograms[index] if seen.histograms is not None else None
-            track = matches.get(index)
+            if hist is not None and np.isnan(hist[0]):  # too small for a histogram
+                hist = None
+            track, reidentified = matches.get(index, (None, False))
             if track is None:
                 track = _Track(self._allocate(seg.class_id), seg.class_id, center, size,
                                np.zeros(2), frame, hist, seen.pixels[index])
                 self._tracks.append(track)
             else:
-                step = (center - track.center) / (frame - track.last_seen)
-                track.velocity = (_VELOCITY_MOMENTUM * track.velocity
-                                  + (1 - _VELOCITY_MOMENTUM) * step)
+                if reidentified:  # found again elsewhere (re-entry): the jump is no velocity
+                    track.velocity = np.zeros(2)
+                else:
+                    step = (center - track.center) / (frame - track.last_seen)
+                    track.velocity = (_VELOCITY_MOMENTUM * track.velocity
+                                      + (1 - _VELOCITY_MOMENTUM) * step)
                 track.center, track.size, track.last_seen = center, size, frame
                 track.pixels = seen.pixels[index]
                 track.hits += 1
-                if hist is not None and not np.isnan(hist[0]):
+                if hist is not None:
                     track.histogram = hist if track.histogram is None else (
                         _HISTOGRAM_MOMENTUM * track.histogram + (1 - _HISTOGRAM_MOMENTUM) * hist)
             seg_track.append(track)
-        # Expired: unseen for more than max_age frames, or seen once and missed right after
-        # (a fragment or a spurious segment, not an object to wait for).
+        # Expired: unseen for more than max_age frames, or a one-frame track whose object
+        # an older track took (module docstring).
         for track in [t for t in self._tracks if frame - t.last_seen > self._max_age
-                      or (t.hits == 1 and t.last_seen < frame)]:
+                      or id(t) in absorbed]:
             self._expire(track)
         return self._renumber(prediction, panoptic, things, seg_track)
 
@@ -239,11 +246,13 @@ class PanopticTracker:
         return _Observation(strided, counts, pixels, histograms)
 
     def _associate(self, things: list[Segment], seen: _Observation,
-                   full_shape: tuple[int, int]) -> dict[int, _Track]:
-        """Segment index -> matched track, by overlap first, then by re-identification."""
+                   full_shape: tuple[int, int]) -> tuple[dict[int, tuple[_Track, bool]], set]:
+        """Segment index -> (matched track, found by re-identification rather than overlap),
+        and the ids of one-frame tracks left unmatched while a segment they could have
+        matched went to another track."""
         tracks, frame = self._tracks, self._frame
         if not tracks or not things:
-            return {}
+            return {}, set()
         gap = np.array([frame - t.last_seen for t in tracks], dtype=np.float64)
         predicted = (np.array([t.center for t in tracks])
                      + np.array([t.velocity for t in tracks]) * gap[:, None])
@@ -272,6 +281,7 @@ class PanopticTracker:
                    & ~(similarity < _APPEARANCE_VETO))  # NaN (unknown) never vetoes
         score = overlap + _APPEARANCE_WEIGHT * appearance - _RECENCY_WEIGHT * gap[:, None]
         matches = _assign(np.where(allowed, -score, _FORBIDDEN), allowed)
+        candidate = allowed.copy()
         # Stage 2: re-identification of what is left, without overlap. No appearance: the
         # segment's centre must lie in the track's predicted box (plus a margin).
         margin = 2.0 * self.downsample
@@ -279,14 +289,21 @@ class PanopticTracker:
                 ).all(-1)
         allowed = same_class & np.where(has_appearance, similarity >= _REID_MIN_SIMILARITY,
                                         near)
+        candidate |= allowed
         allowed[[t for t, _ in matches]] = False
         allowed[:, [s for _, s in matches]] = False
         distance = np.linalg.norm(predicted[:, None] - seg_center[None], axis=-1)
         diagonal = float(np.hypot(*full_shape))
         # Offset: every allowed pair beats leaving both unmatched.
         cost = (1.0 - appearance) + _DISTANCE_WEIGHT * distance / diagonal - 10.0
-        matches += _assign(np.where(allowed, cost, _FORBIDDEN), allowed)
-        return {s: tracks[t] for t, s in matches}
+        found = {s: (tracks[t], False) for t, s in matches}
+        found.update((s, (tracks[t], True))
+                     for t, s in _assign(np.where(allowed, cost, _FORBIDDEN), allowed))
+        matched = {id(track) for track, _ in found.values()}
+        taken = list(found)
+        absorbed = {id(t) for i, t in enumerate(tracks) if t.hits == 1 and id(t) not in matched
+                    and candidate[i, taken].any()}
+        return found, absorbed
 
     def _mask_iou(self, tracks: list[_Track], gap: np.ndarray, seen: _Observation
                   ) -> tuple[np.ndarray, np.ndarray]:
