@@ -20,14 +20,26 @@ run:
   previous one is done (period = ``--headroom`` x the direct p90); a frame the node still
   drops (newest frame wins, on a machine busy with other work) is counted and left out.
 
+* **tracking and 3D cost** (host time per frame, at each ``--cost-sizes``, 320x240 and
+  640x480 by default): on frames of the synthetic RGB-D sequence
+  (``synthetic_video.SequenceGenerator``), the Segmenter call, then
+  ``PanopticTracker.update`` on its prediction (with the image: the appearance cue), then
+  the 3D work the node does per frame with depth: ``depth3d.depth_to_metres`` of the 16UC1
+  depth, ``segment_boxes_3d`` and ``labelled_points`` (stride ``POINTS_STRIDE``), and
+  separately building the three 3D messages (Detection3DArray, MarkerArray, PointCloud2).
+  Each is reported as a share of the Segmenter's time (the issue's target: under 10 %).
+  ``--cost-only`` runs just this part.
+
 Overhead = node median - direct median, reported in ms and as a share of the direct
 per-frame time. On a machine busy with other work the two passes see different loads, so
 the report adds a same-window figure: the node's end-to-end median minus the median of the
 Segmenter calls inside the node (from its ``/diagnostics``) during the very same frames.
-Writes ``node_benchmark.csv`` (per frame) and ``node_benchmark.md`` into ``--out``.
+Writes ``node_benchmark.csv`` (per frame), ``node_benchmark_cost.csv`` (tracking and 3D,
+per size and frame) and ``node_benchmark.md`` into ``--out``.
 Unlike the rest of ``training/``, this script needs ROS 2 (rclpy).
 
     python training/node_benchmark.py --frames 30 --size 320x240
+    python training/node_benchmark.py --cost-only --cost-sizes 320x240 640x480
 """
 
 from __future__ import annotations
@@ -48,6 +60,7 @@ if not __package__:  # run as `python training/node_benchmark.py`: the repositor
 
 import numpy as np
 
+from tokenmask_ros.cli import parse_size
 from tokenmask_ros.ros.processes import console_command, spin_until
 
 NAMESPACE = '/node_benchmark'
@@ -170,6 +183,91 @@ def node_pass(args, period_s: float, folder: Path) -> tuple[list[float], dict]:
         rclpy.try_shutdown()
 
 
+COST_STAGES = ('segmenter', 'tracking', 'depth3d', 'messages3d')
+COST_NAMES = {'segmenter': 'Segmenter call', 'tracking': 'PanopticTracker.update',
+              'depth3d': '3D: depth_to_metres + segment_boxes_3d + labelled_points',
+              'messages3d': '3D messages: Detection3DArray + MarkerArray + PointCloud2'}
+
+
+def cost_pass(segmenter, width: int, height: int, frames: int, warmup: int, seed: int
+              ) -> dict[str, list[float]]:
+    """Host time (ms) per frame of each of :data:`COST_STAGES` on ``warmup + frames`` frames
+    of the synthetic RGB-D sequence at ``width`` x ``height`` (warm-up frames not kept)."""
+    from std_msgs.msg import Header
+
+    from tokenmask_ros.defaults import POINTS_STRIDE
+    from tokenmask_ros.depth3d import depth_to_metres, labelled_points, segment_boxes_3d
+    from tokenmask_ros.ros.outputs3d import detections_3d_message, markers_message
+    from tokenmask_ros.ros.pointcloud import points_to_cloud
+    from tokenmask_ros.synthetic_video import SequenceGenerator
+    from tokenmask_ros.tracking import PanopticTracker
+    from tokenmask_ros.viz import class_colors
+
+    generator = SequenceGenerator(height=height, width=width, seed=seed,
+                                  length=warmup + frames)
+    tracker = PanopticTracker(segmenter.is_thing, label_divisor=segmenter.label_divisor)
+    names = segmenter.class_names or [str(i) for i in range(segmenter.config.num_classes)]
+    colors = class_colors(segmenter.config.classes, segmenter.config.num_classes)
+    header = Header(frame_id='camera')
+    times: dict[str, list[float]] = {stage: [] for stage in COST_STAGES}
+    for index in range(warmup + frames):
+        frame = generator.frame(index)
+        depth_mm = np.round(frame.depth * 1000).astype(np.uint16)  # as a camera sends it
+        stamps = [time.perf_counter()]
+        prediction = segmenter(frame.image)
+        stamps.append(time.perf_counter())
+        prediction = tracker.update(prediction, frame.image)
+        stamps.append(time.perf_counter())
+        depth_m = depth_to_metres(depth_mm, '16UC1')
+        boxes = segment_boxes_3d(prediction.panoptic, depth_m, frame.camera)
+        points = labelled_points(prediction.panoptic, frame.image, depth_m, frame.camera,
+                                 stride=POINTS_STRIDE, label_divisor=segmenter.label_divisor)
+        stamps.append(time.perf_counter())
+        detections_3d_message(prediction, boxes, header)
+        markers_message(prediction, boxes, header, names, colors, segmenter.label_divisor)
+        points_to_cloud(points, header)
+        stamps.append(time.perf_counter())
+        if index >= warmup:
+            for stage, start, end in zip(COST_STAGES, stamps[:-1], stamps[1:], strict=True):
+                times[stage].append(1e3 * (end - start))
+    return times
+
+
+def cost_report(model: Path, args) -> tuple[list[str], list[list]]:
+    """Markdown lines and per-frame CSV rows of the tracking and 3D cost at each size."""
+    from tokenmask_ros.runtime import Segmenter
+
+    lines = ['## Tracking and 3D host time per frame', '',
+             f'Synthetic RGB-D sequence (seed {args.seed}), {args.cost_frames} frames per size '
+             f'after {args.warmup} warm-up; medians in ms, share of the Segmenter call in '
+             'brackets (target: tracking and 3D under 10 % of it).', '',
+             '| size | ' + ' | '.join(COST_NAMES[s] for s in COST_STAGES) + ' |',
+             '|---|' + '---|' * len(COST_STAGES)]
+    rows = []
+    with Segmenter(model, args.backend) as segmenter:
+        for width, height in args.cost_sizes:
+            times = cost_pass(segmenter, width, height, args.cost_frames, args.warmup,
+                              args.seed)
+            median = {stage: float(np.median(times[stage])) for stage in COST_STAGES}
+            cells = [f'{median["segmenter"]:.1f}'] + [
+                f'{median[s]:.2f} ({100 * median[s] / median["segmenter"]:.1f} %)'
+                for s in COST_STAGES[1:]]
+            lines.append(f'| {width}x{height} | ' + ' | '.join(cells) + ' |')
+            rows += [[f'{width}x{height}', args.warmup + i,
+                      *(f'{times[s][i]:.3f}' for s in COST_STAGES)]
+                     for i in range(args.cost_frames)]
+            print(f'cost at {width}x{height}: ' + ', '.join(
+                f'{s} {median[s]:.2f} ms' for s in COST_STAGES), flush=True)
+    return lines, rows
+
+
+def write_cost_csv(path: Path, rows: list[list]) -> None:
+    with open(path, 'w', newline='') as file:
+        writer = csv.writer(file)
+        writer.writerow(['size', 'frame', *(f'{s}_ms' for s in COST_STAGES)])
+        writer.writerows(rows)
+
+
 def stats(values: list[float]) -> dict:
     values = np.asarray(values, np.float64)
     if values.size == 0:
@@ -179,8 +277,11 @@ def stats(values: list[float]) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0] + ' Also the host time per frame of tracking '
+        '(PanopticTracker.update) and of the 3D outputs from depth (depth3d + the 3D '
+        'messages) at --cost-sizes, each as a share of the Segmenter call (target < 10 %).',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--frames', type=int, default=30, help='timed frames per pass')
     parser.add_argument('--warmup', type=int, default=3, help='untimed frames first')
     parser.add_argument('--size', default='320x240', help='frame WIDTHxHEIGHT')
@@ -192,13 +293,36 @@ def main(argv=None) -> int:
     parser.add_argument('--timeout', type=float, default=180.0,
                         help='seconds to wait for the node to start / answer')
     parser.add_argument('--out', default='benchmark_results', help='output folder')
+    parser.add_argument('--cost-sizes', nargs='+', type=parse_size,
+                        default=[(320, 240), (640, 480)], metavar='WxH',
+                        help='frame sizes of the tracking and 3D cost table')
+    parser.add_argument('--cost-frames', type=int, default=None,
+                        help='timed frames per size in the tracking and 3D cost table '
+                        '(default: --frames)')
+    parser.add_argument('--cost-only', action='store_true',
+                        help='only the tracking and 3D cost table (no node run)')
     args = parser.parse_args(argv)
     args.width, args.height = (int(v) for v in args.size.lower().split('x'))
+    args.cost_frames = args.frames if args.cost_frames is None else args.cost_frames
+    if args.cost_frames < 1 or args.frames < 1 or args.warmup < 0:
+        parser.error('--frames and --cost-frames must be >= 1, --warmup >= 0')
 
     from tokenmask_ros.bundled import default_model_path
     from tokenmask_ros.runtime import Segmenter
 
     model = Path(args.model) if args.model else default_model_path()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cost_lines, cost_rows = cost_report(model, args)
+    write_cost_csv(out / 'node_benchmark_cost.csv', cost_rows)
+    if args.cost_only:
+        report = '\n'.join([f'# Tracking and 3D cost ({model.name})', '',
+                            f'{platform.node()}, {os.cpu_count()} CPU(s), '
+                            f'{time.strftime("%Y-%m-%d %H:%M")}.', '', *cost_lines[2:]])
+        (out / 'node_benchmark.md').write_text(report + '\n')
+        print(report)
+        print(f'wrote {out / "node_benchmark.md"} and {out / "node_benchmark_cost.csv"}')
+        return 0
     images = frames(args)
     with Segmenter(model, args.backend) as segmenter:
         backend = segmenter.backend.describe()
@@ -254,9 +378,7 @@ def main(argv=None) -> int:
               f'Same time window (robust to a busy machine): end-to-end median - the '
               f'node\'s own Segmenter median = {paired:.1f} ms = {100 * paired_share:.1f} % '
               'of it (the node\'s medians include the warm-up frames).']
-    report = '\n'.join(lines)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    report = '\n'.join([*lines, '', *cost_lines])
     (out / 'node_benchmark.md').write_text(report + '\n')
     with open(out / 'node_benchmark.csv', 'w', newline='') as file:
         writer = csv.writer(file)
@@ -266,7 +388,8 @@ def main(argv=None) -> int:
                 f'{series[index]:.3f}' if index < len(series) else ''
                 for series in (direct_a, direct_b, node)])
     print(report)
-    print(f'wrote {out / "node_benchmark.md"} and {out / "node_benchmark.csv"}')
+    print(f'wrote {out / "node_benchmark.md"}, {out / "node_benchmark.csv"} and '
+          f'{out / "node_benchmark_cost.csv"}')
     return 0 if node else 1
 
 
