@@ -205,3 +205,14 @@ def test_wrong_inputs_raise_a_clear_value_error(call, message):
     panoptic, depth = scene()
     with pytest.raises(ValueError, match=message):
         call(panoptic, depth, np.zeros((H, W, 3), np.uint8))
+
+
+def test_box_stride_keeps_the_sampled_pixels_near_a_320x240_frame():
+    from tokenmask_ros.depth3d import BOX_SAMPLE_PIXELS, box_stride
+
+    assert [box_stride(h, w) for h, w in ((120, 160), (240, 320), (480, 640), (720, 1280),
+                                          (960, 1280))] == [1, 1, 2, 4, 4]
+    for h, w in ((480, 640), (1080, 1920), (241, 321)):
+        stride = box_stride(h, w)
+        assert (h // stride) * (w // stride) <= BOX_SAMPLE_PIXELS * 1.01
+        assert (h // (stride - 1)) * (w // (stride - 1)) > BOX_SAMPLE_PIXELS

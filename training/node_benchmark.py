@@ -196,7 +196,12 @@ def cost_pass(segmenter, width: int, height: int, frames: int, warmup: int, seed
     from std_msgs.msg import Header
 
     from tokenmask_ros.defaults import POINTS_STRIDE
-    from tokenmask_ros.depth3d import depth_to_metres, labelled_points, segment_boxes_3d
+    from tokenmask_ros.depth3d import (
+        box_stride,
+        depth_to_metres,
+        labelled_points,
+        segment_boxes_3d,
+    )
     from tokenmask_ros.ros.outputs3d import detections_3d_message, markers_message
     from tokenmask_ros.ros.pointcloud import points_to_cloud
     from tokenmask_ros.synthetic_video import SequenceGenerator
@@ -219,7 +224,8 @@ def cost_pass(segmenter, width: int, height: int, frames: int, warmup: int, seed
         prediction = tracker.update(prediction, frame.image)
         stamps.append(time.perf_counter())
         depth_m = depth_to_metres(depth_mm, '16UC1')
-        boxes = segment_boxes_3d(prediction.panoptic, depth_m, frame.camera)
+        boxes = segment_boxes_3d(prediction.panoptic, depth_m, frame.camera,
+                                 stride=box_stride(*frame.image.shape[:2]))  # as the node
         points = labelled_points(prediction.panoptic, frame.image, depth_m, frame.camera,
                                  stride=POINTS_STRIDE, label_divisor=segmenter.label_divisor)
         stamps.append(time.perf_counter())

@@ -83,7 +83,7 @@ from tokenmask_ros.defaults import (
     TRACK_MAX_AGE,
     TRACK_MIN_IOU,
 )
-from tokenmask_ros.depth3d import labelled_points, segment_boxes_3d
+from tokenmask_ros.depth3d import box_stride, labelled_points, segment_boxes_3d
 from tokenmask_ros.ros.conversions import (
     ImageConversionError,
     compressed_to_rgb8,
@@ -612,7 +612,7 @@ class SegmentNode(Node):
         depth_range = {'min_depth': float(p['depth_min']), 'max_depth': float(p['depth_max'])}
         if any(want_boxes):
             boxes = segment_boxes_3d(prediction.panoptic, frame.depth_m, frame.camera,
-                                     **depth_range)
+                                     stride=box_stride(*rgb.shape[:2]), **depth_range)
             if want_boxes[0]:
                 self.detections_3d_pub.publish(detections_3d_message(prediction, boxes, header))
             if want_boxes[1]:
