@@ -134,19 +134,28 @@ def read_camera(path: str | Path) -> PinholeCamera:
 
 
 def read_mots(path: str | Path) -> dict[int, list[tuple[int, int, dict]]]:
-    """``frame -> [(object_id, class_id, rle)]`` of a MOTS text file (one-line errors)."""
+    """``frame -> [(object_id, class_id, rle)]`` of a MOTS text file (one-line errors).
+
+    Each line is ``frame object_id class_id height width rle``; malformed lines are refused
+    with the file and line number. The one MOTS parser of the package (the tracking
+    evaluation builds its frames on it).
+    """
     path = Path(path)
     frames: dict[int, list[tuple[int, int, dict]]] = {}
     for number, line in enumerate(path.read_text().splitlines(), 1):
         fields = line.split()
         if not fields:
             continue
+        where = f'{path}:{number}'
         if len(fields) != 6:
-            raise ValueError(f'{path}:{number}: expected 6 fields, got {len(fields)}')
+            raise ValueError(f'{where}: expected "frame track_id class_id height width rle", '
+                             f'got {len(fields)} fields')
         try:
             t, object_id, class_id, height, width = (int(v) for v in fields[:5])
         except ValueError:
-            raise ValueError(f'{path}:{number}: frame, ids and size must be integers') from None
+            raise ValueError(f'{where}: frame, ids and size must be integers') from None
+        if height <= 0 or width <= 0:
+            raise ValueError(f'{where}: size must be positive, got {width}x{height}')
         rle = {'size': [height, width], 'counts': fields[5].encode('ascii')}
         frames.setdefault(t, []).append((object_id, class_id, rle))
     return frames

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from tokenmask_ros.sequence_io import read_mots as parse_mots
+
 #: Mask IoU a match needs for IDF1 and the CLEAR counts (ID switches); HOTA sweeps 0.05..0.95.
 MATCH_THRESHOLD = 0.5
 
@@ -216,32 +218,21 @@ def read_mots(path: str | Path, num_frames: int | None = None, first_frame: int 
     line gives it. One-line ``ValueError`` naming the file and line for malformed input."""
     path = Path(path)
     by_frame: dict[int, list[tuple[int, int, dict]]] = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        fields = line.split()
-        where = f'{path}:{number}'
-        if len(fields) != 6:
-            raise ValueError(f'{where}: expected "frame track_id class_id height width rle", '
-                             f'got {len(fields)} fields')
-        try:
-            t, track, cls, height, width = (int(v) for v in fields[:5])
-        except ValueError:
-            raise ValueError(f'{where}: frame, ids and size must be integers') from None
+    for t, entries in sorted(parse_mots(path).items()):
+        where = f'{path}: frame {t}'
         if t < first_frame or (num_frames is not None and t >= first_frame + num_frames):
-            raise ValueError(f'{where}: frame {t} outside {first_frame}..'
+            raise ValueError(f'{where} outside {first_frame}..'
                              f'{first_frame + (num_frames or 0) - 1 if num_frames else "..."}')
-        if height <= 0 or width <= 0:
-            raise ValueError(f'{where}: size must be positive, got {width}x{height}')
-        if size is None:
-            size = (height, width)
-        elif (height, width) != tuple(size):
-            raise ValueError(f'{where}: mask is {width}x{height} but the sequence is '
-                             f'{size[1]}x{size[0]}')
-        rle = {'size': [height, width], 'counts': fields[5].encode('ascii')}
-        if int(mask_utils.area(rle)) > height * width:
-            raise ValueError(f'{where}: RLE covers more than {width}x{height} pixels')
-        by_frame.setdefault(t - first_frame, []).append((track, cls, rle))
+        for *_, rle in entries:
+            height, width = rle['size']
+            if size is None:
+                size = (height, width)
+            elif (height, width) != tuple(size):
+                raise ValueError(f'{where}: mask is {width}x{height} but the sequence is '
+                                 f'{size[1]}x{size[0]}')
+            if int(mask_utils.area(rle)) > height * width:
+                raise ValueError(f'{where}: RLE covers more than {width}x{height} pixels')
+        by_frame[t - first_frame] = entries
     if num_frames is None:
         num_frames = max(by_frame, default=-1) + 1
     if size is None:
