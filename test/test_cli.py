@@ -2,6 +2,8 @@
 
 import cv2
 import numpy as np
+import pytest
+import torch
 from conftest import installed_executable, run_command
 
 from tokenmask_ros.synthetic import SceneGenerator
@@ -36,3 +38,32 @@ def test_bad_arguments_fail_with_usage_errors(tmp_path):
     assert 'expected WIDTHxHEIGHT' in result.stderr
     result = run_command([*installed_executable('tokenmask')])
     assert result.returncode == 2
+
+
+def test_import_eomt_help_names_hub_ids_label_sets_and_verify():
+    result = run_command([*installed_executable('tokenmask'), 'import-eomt', '--help'])
+    assert result.returncode == 0
+    for text in ('owner/name[@revision]', '--label-set', '--verify', 'HF_HUB_OFFLINE'):
+        assert text in ' '.join(result.stdout.split())
+
+
+def test_import_eomt_verify_compares_with_transformers(tmp_path):
+    pytest.importorskip('transformers')
+    from test_hub import save_tiny_hf_eomt
+
+    from tokenmask_ros.cli import _verify_against_transformers
+    from tokenmask_ros.model import load_checkpoint
+
+    folder = tmp_path / 'hf'
+    save_tiny_hf_eomt(folder)
+    out = tmp_path / 'verified.safetensors'
+    result = run_command([*installed_executable('tokenmask'), 'import-eomt', str(folder), '-o',
+                          str(out), '--verify'], timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert 'max abs difference vs transformers: class logits' in result.stdout
+    # A model that differs from the folder's is caught, not reported as equal.
+    model = load_checkpoint(out)
+    with torch.no_grad():
+        model.class_head.bias.add_(0.5)
+    with pytest.raises(ValueError, match='differs from transformers'):
+        _verify_against_transformers(model, folder)

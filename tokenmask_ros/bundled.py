@@ -46,18 +46,29 @@ def default_model_path() -> Path:
 def resolve_model_path(model: str | Path | None) -> Path:
     """The model file a user means: the bundled default for ``None``/``''``, the given path
     when it exists, a bundled file for a bare bundled file name (``--model
-    tokenmask_vit_tiny_synthetic.safetensors`` from any folder), else the path unchanged.
+    tokenmask_vit_tiny_synthetic.safetensors`` from any folder), the converted checkpoint of
+    a Hugging Face EoMT repo for a hub id (``owner/name[@revision]`` that is not a path on
+    disk; see :mod:`tokenmask_ros.model.hub`), else the path unchanged.
 
     Every place that takes a model path (CLI, demo, node parameter) goes through here, so
-    the names in the model card work everywhere. ``FileNotFoundError`` only when no bundled
-    model exists for the default; a missing explicit path is left to the caller's check
+    the names in the model card work everywhere. ``FileNotFoundError`` when no bundled
+    model exists for the default, or a hub id cannot be resolved (``HubError``, one sentence
+    saying what to download); a missing explicit path is left to the caller's check
     (use :func:`not_found_message`).
     """
     if model is None or not str(model).strip():
         return default_model_path()
     text = str(model).strip()
     path = Path(text).expanduser()
-    if path.exists() or '/' in text or os.sep in text:  # a file, or a path with folders
+    if path.exists():
+        return path
+    if '/' in text:  # imported only here: the hub module loads PyTorch
+        from tokenmask_ros.model.hub import parse_hub_id, resolve_hub_model
+
+        hub_id = parse_hub_id(text)
+        if hub_id is not None:
+            return resolve_hub_model(*hub_id)
+    if '/' in text or os.sep in text:  # a path with folders
         return path
     for folder in model_dirs():
         if (folder / path.name).is_file():

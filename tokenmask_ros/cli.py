@@ -80,21 +80,68 @@ def _add_synth(subparsers) -> None:
     parser.set_defaults(func=cmd_synth)
 
 
-def cmd_import_eomt(args: argparse.Namespace) -> int:
-    """Convert a Hugging Face EoMT folder (config.json + model.safetensors) to a checkpoint."""
-    from tokenmask_ros.model import save_checkpoint
-    from tokenmask_ros.model.eomt_import import EomtImportError, import_hf_eomt
+VERIFY_TOLERANCE = 1e-3  # max |ours - transformers| logit difference, relative to max(1, |logit|)
+
+
+def _verify_against_transformers(model, folder: Path) -> str:
+    """Compare ``model`` with transformers' ``EomtForUniversalSegmentation`` loaded from
+    ``folder`` (``attn_mask_probs`` zeroed: EoMT runs unmasked after annealing) on one random
+    image; returns the summary, ``ValueError`` above :data:`VERIFY_TOLERANCE`."""
+    import torch
 
     try:
-        model = import_hf_eomt(args.folder)
-        path = save_checkpoint(model, args.output,
-                               extra_metadata={'imported_from': Path(args.folder).resolve().name})
-    except (EomtImportError, OSError) as error:
-        print(f'tokenmask import-eomt: error: {error}', file=sys.stderr)
-        return 1
+        import transformers
+    except ImportError:
+        raise ValueError('--verify needs transformers (pip install transformers)') from None
+    hf = transformers.EomtForUniversalSegmentation.from_pretrained(
+        str(folder), use_safetensors=True).eval()
+    config = model.config
+    mean = torch.tensor(config.pixel_mean).view(1, 3, 1, 1)
+    std = torch.tensor(config.pixel_std).view(1, 3, 1, 1)
+    images = torch.rand(1, 3, *config.img_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        hf.attn_mask_probs.zero_()
+        expected = hf(pixel_values=(images - mean) / std)  # HF's processor normalises
+        actual = model.eval()(images)
+    diffs = {}
+    for name, ours, theirs in (('class', actual.class_logits, expected.class_queries_logits),
+                               ('mask', actual.mask_logits, expected.masks_queries_logits)):
+        if ours.shape != theirs.shape:
+            raise ValueError(f'{name} logits have shape {tuple(ours.shape)}, transformers '
+                             f'gives {tuple(theirs.shape)}')
+        scale = max(1.0, theirs.abs().max().item())
+        diffs[name] = ((ours - theirs).abs().max().item(), scale)
+    summary = ', '.join(f'{name} logits {diff:.3g}' for name, (diff, _) in diffs.items())
+    bad = [name for name, (diff, scale) in diffs.items() if diff > VERIFY_TOLERANCE * scale]
+    if bad:
+        raise ValueError(f'imported model differs from transformers (max abs difference: '
+                         f'{summary}; tolerance {VERIFY_TOLERANCE:g} x max(1, |logit|))')
+    return f'max abs difference vs transformers: {summary}'
+
+
+def cmd_import_eomt(args: argparse.Namespace) -> int:
+    """Convert a Hugging Face EoMT model (a folder with config.json + model.safetensors, or
+    a hub id owner/name[@revision], from the local HF cache or downloaded) to a checkpoint."""
+    from tokenmask_ros.model import save_checkpoint
+    from tokenmask_ros.model.eomt_import import EomtImportError, import_hf_eomt
+    from tokenmask_ros.model.hub import parse_hub_id, snapshot_folder
+
+    source = args.source
+    try:
+        hub_id = parse_hub_id(source)
+        folder = snapshot_folder(*hub_id) if hub_id else Path(source)
+        name = f'{hub_id[0]}@{folder.name}' if hub_id else Path(source).resolve().name
+        options = {} if args.label_set is None else {'label_set': args.label_set}
+        model = import_hf_eomt(folder, **options)
+        verified = _verify_against_transformers(model, folder) if args.verify else ''
+        path = save_checkpoint(model, args.output, extra_metadata={'imported_from': name})
+    except (EomtImportError, OSError, ValueError) as error:  # HubError is an OSError
+        return _error('import-eomt', error, 1)
+    if verified:
+        print(verified)
     if not args.quiet:
         config = model.config
-        print(f'imported {args.folder} ({config.backbone}, width {config.embed_dim}, depth '
+        print(f'imported {source} ({config.backbone}, width {config.embed_dim}, depth '
               f'{config.depth}, {config.num_classes} classes, {config.num_queries} queries) '
               f'to {path}')
     return 0
@@ -104,11 +151,20 @@ def _add_import_eomt(subparsers) -> None:
     parser = subparsers.add_parser(
         'import-eomt', help='convert a Hugging Face transformers EoMT model to a checkpoint',
         description=cmd_import_eomt.__doc__)
-    parser.add_argument('folder', metavar='DIR',
-                        help='folder saved by EomtForUniversalSegmentation '
-                        '(config.json and model.safetensors)')
+    parser.add_argument('source', metavar='SOURCE',
+                        help='folder saved by EomtForUniversalSegmentation (config.json and '
+                        'model.safetensors), or a hub id owner/name[@revision]: taken from the '
+                        'Hugging Face cache ($HF_HUB_CACHE), downloaded only if missing there '
+                        'and HF_HUB_OFFLINE is not set')
     parser.add_argument('-o', '--output', required=True, metavar='OUT',
                         help='checkpoint to write (.safetensors; replaced if it exists)')
+    parser.add_argument('--label-set', metavar='NAME|FILE.json', default=None,
+                        help='class names, thing/stuff flags and colours: a published label '
+                        'set by name or a JSON file (default: auto, recognised from the '
+                        "checkpoint's class names)")
+    parser.add_argument('--verify', action='store_true',
+                        help='compare class and mask logits with transformers on a random image '
+                        f'and fail above {VERIFY_TOLERANCE:g} (needs transformers)')
     parser.add_argument('--quiet', action='store_true', help='no summary line')
     parser.set_defaults(func=cmd_import_eomt)
 
