@@ -1,6 +1,7 @@
 """Importing Hugging Face ``transformers`` EoMT folders reproduces HF's outputs exactly."""
 
 import json
+import logging
 import shutil
 
 import pytest
@@ -9,8 +10,10 @@ from conftest import installed_executable, run_command
 from safetensors.torch import load_file, save_file
 
 from tokenmask_ros import cli
-from tokenmask_ros.model import TokenMaskConfig, load_checkpoint
+from tokenmask_ros.model import TokenMaskConfig, load_checkpoint, save_checkpoint
 from tokenmask_ros.model.eomt_import import EomtImportError, config_from_hf, import_hf_eomt
+from tokenmask_ros.model.label_sets import published_classes
+from tokenmask_ros.model.postprocess import thing_flags
 
 transformers = pytest.importorskip('transformers')
 
@@ -26,8 +29,12 @@ VARIANTS = {
 ATOL = 1e-4
 
 
-def _save_hf_model(folder, **changes):
-    """A random small HF EoMT model, saved as a public checkpoint would be."""
+def _save_hf_model(folder, attn_mask_probs=0.0, **changes):
+    """A random small HF EoMT model, saved as a public checkpoint would be.
+
+    Returned with ``attn_mask_probs`` zeroed (unmasked inference, as EoMT's after
+    annealing), whatever value was saved.
+    """
     torch.manual_seed(0)
     hf = transformers.EomtForUniversalSegmentation(
         transformers.EomtConfig(**{**SMALL, **changes})).eval()
@@ -36,9 +43,10 @@ def _save_hf_model(folder, **changes):
         # parameter keeps a swapped or skipped tensor from going unnoticed.
         for parameter in hf.parameters():
             parameter.add_(0.1 * torch.randn_like(parameter))
-        # Public checkpoints end EoMT's mask annealing at 0: no masked attention at inference.
-        hf.attn_mask_probs.zero_()
+        hf.attn_mask_probs.fill_(attn_mask_probs)
     hf.save_pretrained(folder)
+    with torch.no_grad():
+        hf.attn_mask_probs.zero_()
     return hf
 
 
@@ -97,19 +105,88 @@ def test_cli_import_writes_an_equivalent_checkpoint(hf_model, tmp_path):
     _assert_same_outputs(hf, load_checkpoint(out))
 
 
-def test_checkpoints_before_annealing_finished_are_refused(tmp_path):
-    hf = _save_hf_model(tmp_path)
-    hf.attn_mask_probs.fill_(1.0)
-    hf.save_pretrained(tmp_path)
-    with pytest.raises(EomtImportError, match='attn_mask_probs'):
-        import_hf_eomt(tmp_path)
-
-
 def _rewrite_weights(folder, change):
     path = folder / 'model.safetensors'
     state = load_file(str(path))
     change(state)
     save_file(state, str(path), metadata={'format': 'pt'})
+
+
+@pytest.mark.parametrize('buffer', ['absent', 'zeros', 'ones'])
+def test_any_saved_attn_mask_probs_imports_as_unmasked_eomt(buffer, tmp_path, caplog):
+    """Conversions drop the buffer, or save_pretrained writes its initial ones."""
+    folder = tmp_path / 'hf'
+    hf = _save_hf_model(folder, attn_mask_probs=1.0 if buffer == 'ones' else 0.0)
+    if buffer == 'absent':
+        _rewrite_weights(folder, lambda s: s.pop('attn_mask_probs'))
+    saved = load_file(str(folder / 'model.safetensors')).get('attn_mask_probs')
+    assert (saved is None) == (buffer == 'absent')
+    with caplog.at_level(logging.WARNING, logger='tokenmask_ros.model'):
+        ours = import_hf_eomt(folder)
+    warnings = [r.getMessage() for r in caplog.records if 'attn_mask_probs' in r.getMessage()]
+    if buffer == 'ones':
+        assert len(warnings) == 1 and 'runs unmasked' in warnings[0]
+    else:
+        assert not warnings
+    _assert_same_outputs(hf, ours)
+    if buffer == 'ones':  # the CLI imports it too (in-process; the subprocess runs above)
+        out = tmp_path / 'imported.safetensors'
+        assert cli.main(['import-eomt', str(folder), '-o', str(out), '--quiet']) == 0
+        _assert_same_outputs(hf, load_checkpoint(out))
+
+
+def _named_hf_folder(folder, names):
+    config = transformers.EomtConfig(**{**SMALL, 'id2label': dict(enumerate(names))})
+    transformers.EomtForUniversalSegmentation(config).save_pretrained(folder)
+    return folder
+
+
+def test_a_coco_named_checkpoint_gets_coco_stuff_flags_and_colours(tmp_path, caplog):
+    coco = published_classes('coco_panoptic')
+    folder = _named_hf_folder(tmp_path / 'coco', [c.name for c in coco])
+    with caplog.at_level(logging.WARNING, logger='tokenmask_ros.model'):
+        model = import_hf_eomt(folder)
+    assert 'match no known label set' not in caplog.text  # (a fresh model saves ones)
+    assert model.config.classes == coco
+    # The flags and colours survive the checkpoint, which the node, overlays and
+    # predictions.json read them from.
+    path = save_checkpoint(model, tmp_path / 'coco.safetensors')
+    classes = {c.name: c for c in load_checkpoint(path).config.classes}
+    for stuff in ('sky-other-merged', 'road', 'wall-other-merged'):
+        assert not classes[stuff].is_thing
+    assert classes['person'].is_thing and classes['person'].color == (220, 20, 60)
+    assert classes['road'].color == (128, 64, 128)
+    assert thing_flags(load_checkpoint(path).config.classes).sum() == 80
+
+
+@pytest.mark.parametrize('label_set', ['ade20k_panoptic', 'cityscapes'])
+def test_ade20k_and_cityscapes_checkpoints_are_recognised(label_set, tmp_path):
+    published = published_classes(label_set)
+    names = [c.name.split(',')[0].replace(' ', '_') for c in published]  # a config's spelling
+    model = import_hf_eomt(_named_hf_folder(tmp_path / label_set, names))
+    assert [c.name for c in model.config.classes] == names
+    assert [(c.is_thing, c.color) for c in model.config.classes] == [
+        (c.is_thing, c.color) for c in published]
+
+
+def test_label_set_choices_of_the_importer(tmp_path, caplog):
+    folder = _named_hf_folder(tmp_path / 'hf', ['person', 'car', 'road'])
+    with caplog.at_level(logging.WARNING, logger='tokenmask_ros.model'):
+        model = import_hf_eomt(folder)  # unknown names: all things, with a warning
+    assert [c.is_thing for c in model.config.classes] == [True, True, True]
+    assert 'match no known label set' in caplog.text
+    label_file = tmp_path / 'mine.json'
+    label_file.write_text(json.dumps([{'name': 'person', 'isthing': True, 'color': [1, 2, 3]},
+                                      {'name': 'car', 'isthing': True},
+                                      {'name': 'road', 'isthing': False, 'color': [4, 5, 6]}]))
+    model = import_hf_eomt(folder, label_set=str(label_file))
+    assert [(c.is_thing, c.color) for c in model.config.classes] == [
+        (True, (1, 2, 3)), (True, None), (False, (4, 5, 6))]
+    with pytest.raises(EomtImportError, match='label set cityscapes has 19 classes but the '
+                       'model has 3'):
+        import_hf_eomt(folder, label_set='cityscapes')
+    with pytest.raises(EomtImportError, match='not a readable JSON label set'):
+        import_hf_eomt(folder, label_set=str(tmp_path / 'absent.json'))
 
 
 def test_missing_and_unknown_weights_are_listed(hf_folder, tmp_path):

@@ -11,6 +11,7 @@ q/k/v projections, which we fuse into timm's single ``qkv`` linear.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +28,10 @@ from tokenmask_ros.model.config import (
     ClassInfo,
     TokenMaskConfig,
 )
+from tokenmask_ros.model.label_sets import AUTO, classes_for
 from tokenmask_ros.model.tokenmask import TokenMask, build_model
+
+log = logging.getLogger('tokenmask_ros.model')
 
 HF_ARCHITECTURE = 'EomtForUniversalSegmentation'
 # timm's ViT LayerNorm (and LayerNorm2d in the ScaleBlocks) use eps 1e-6; create_model has
@@ -222,11 +226,11 @@ def map_hf_state(hf_state: dict[str, torch.Tensor],
         source.pop(name, None)
     probs = source.pop('attn_mask_probs', None)
     if probs is not None and bool((probs > 0).any()):
-        # HF keeps masked attention at inference while these are > 0; our model does not.
-        raise EomtImportError(
-            f'attn_mask_probs is {probs.tolist()}: this checkpoint was saved before EoMT\'s '
-            'mask annealing finished, so HF runs masked attention at inference and an '
-            'unmasked import would not reproduce its outputs')
+        # save_pretrained writes the buffer as it stands, e.g. its initial ones; EoMT itself
+        # ends mask annealing at 0 and runs unmasked at inference, as our model always does.
+        log.warning('attn_mask_probs is %s, so the saved checkpoint still had masked '
+                    'attention on; the imported model runs unmasked, as EoMT does at '
+                    'inference after mask annealing', [round(p, 4) for p in probs.tolist()])
 
     state = {
         'backbone.patch_embed.proj.weight': take('embeddings.patch_embeddings.projection.weight'),
@@ -285,12 +289,16 @@ def map_hf_state(hf_state: dict[str, torch.Tensor],
     return state
 
 
-def import_hf_eomt(folder: str | Path, **config_overrides) -> TokenMask:
+def import_hf_eomt(folder: str | Path, *, label_set: str | Path = AUTO,
+                   **config_overrides) -> TokenMask:
     """Build our ``eomt`` model from an HF EoMT folder; returns it in eval mode on the CPU.
 
     ``config_overrides`` go to :func:`config_from_hf` (``pixel_mean``, ``pixel_std``,
     ``classes``). Without them, mean/std come from ``preprocessor_config.json`` when the
-    folder has one, else ImageNet's (the EoMT image processor's defaults).
+    folder has one, else ImageNet's (the EoMT image processor's defaults). ``label_set``
+    gives the classes their thing/stuff flags and colours (see
+    :func:`~tokenmask_ros.model.label_sets.classes_for`: ``'auto'``, a published set's
+    name, ``'things'`` or a ``.json`` file); explicit ``classes`` take precedence.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -315,6 +323,12 @@ def import_hf_eomt(folder: str | Path, **config_overrides) -> TokenMask:
         config = config_from_hf(hf_config, **config_overrides)
     except ValueError as error:
         raise EomtImportError(f'{config_path}: {error}') from None
+    if 'classes' not in config_overrides:
+        try:  # LabelSetError: unreadable file, unknown name, wrong class count
+            config = config.replace(classes=classes_for(
+                [c.name for c in config.classes], label_set, num_classes=config.num_classes))
+        except ValueError as error:
+            raise EomtImportError(f'{folder}: {error}') from None
     try:
         state = map_hf_state(_read_weights(folder), config)
     except EomtImportError as error:
