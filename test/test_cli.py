@@ -67,3 +67,36 @@ def test_import_eomt_verify_compares_with_transformers(tmp_path):
         model.class_head.bias.add_(0.5)
     with pytest.raises(ValueError, match='differs from transformers'):
         _verify_against_transformers(model, folder)
+
+
+def test_import_eomt_label_set_gives_flags_and_colours(tmp_path, capsys):
+    pytest.importorskip('transformers')
+    import json
+
+    from test_hub import save_tiny_hf_eomt
+
+    from tokenmask_ros import cli
+    from tokenmask_ros.model import label_sets, load_checkpoint
+
+    # The CLI keeps its own copy of these names so that --help needs no PyTorch.
+    assert cli.PUBLISHED_LABEL_SETS == label_sets.LABEL_SETS
+    assert cli.AUTO_LABEL_SET == label_sets.AUTO
+    folder = tmp_path / 'hf'
+    save_tiny_hf_eomt(folder)  # classes person, car, road
+    names = tmp_path / 'labels.json'
+    names.write_text(json.dumps([{'name': 'person', 'isthing': 1, 'color': [220, 20, 60]},
+                                 {'name': 'car', 'isthing': 1},
+                                 {'name': 'road', 'isthing': 0, 'color': [128, 64, 128]}]))
+    out = tmp_path / 'labelled.safetensors'
+    assert cli.main(['import-eomt', str(folder), '-o', str(out), '--label-set', str(names),
+                     '--quiet']) == 0
+    classes = load_checkpoint(out).config.classes
+    assert [(c.name, c.is_thing) for c in classes] == [('person', True), ('car', True),
+                                                       ('road', False)]
+    assert classes[2].color == (128, 64, 128)
+
+    capsys.readouterr()  # save_pretrained's progress bar
+    assert cli.main(['import-eomt', str(folder), '-o', str(out), '--label-set',
+                     'cityscapes']) == 1
+    stderr = capsys.readouterr().err
+    assert len(stderr.strip().splitlines()) == 1 and 'cityscapes' in stderr

@@ -119,6 +119,10 @@ def _verify_against_transformers(model, folder: Path) -> str:
     return f'max abs difference vs transformers: {summary}'
 
 
+AUTO_LABEL_SET = 'auto'  # as tokenmask_ros.model.label_sets (kept torch-free for --help)
+PUBLISHED_LABEL_SETS = ('coco_panoptic', 'ade20k_panoptic', 'cityscapes')
+
+
 def cmd_import_eomt(args: argparse.Namespace) -> int:
     """Convert a Hugging Face EoMT model (a folder with config.json + model.safetensors, or
     a hub id owner/name[@revision], from the local HF cache or downloaded) to a checkpoint."""
@@ -131,8 +135,7 @@ def cmd_import_eomt(args: argparse.Namespace) -> int:
         hub_id = parse_hub_id(source)
         folder = snapshot_folder(*hub_id) if hub_id else Path(source)
         name = f'{hub_id[0]}@{folder.name}' if hub_id else Path(source).resolve().name
-        options = {} if args.label_set is None else {'label_set': args.label_set}
-        model = import_hf_eomt(folder, **options)
+        model = import_hf_eomt(folder, label_set=args.label_set)
         verified = _verify_against_transformers(model, folder) if args.verify else ''
         path = save_checkpoint(model, args.output, extra_metadata={'imported_from': name})
     except (EomtImportError, OSError, ValueError) as error:  # HubError is an OSError
@@ -158,10 +161,11 @@ def _add_import_eomt(subparsers) -> None:
                         'and HF_HUB_OFFLINE is not set')
     parser.add_argument('-o', '--output', required=True, metavar='OUT',
                         help='checkpoint to write (.safetensors; replaced if it exists)')
-    parser.add_argument('--label-set', metavar='NAME|FILE.json', default=None,
-                        help='class names, thing/stuff flags and colours: a published label '
-                        'set by name or a JSON file (default: auto, recognised from the '
-                        "checkpoint's class names)")
+    parser.add_argument('--label-set', metavar='NAME|FILE.json', default=AUTO_LABEL_SET,
+                        help='thing/stuff flags and colours of the classes: auto (a published '
+                        "set recognised from the checkpoint's class names), a published set ("
+                        f'{", ".join(PUBLISHED_LABEL_SETS)}), things (every class a thing) or '
+                        'a JSON list of {name, isthing, color} (default: auto)')
     parser.add_argument('--verify', action='store_true',
                         help='compare class and mask logits with transformers on a random image '
                         f'and fail above {VERIFY_TOLERANCE:g} (needs transformers)')
