@@ -4,7 +4,9 @@
 
 Arguments: image (the camera topic; `<image>/compressed` with input_transport:=compressed),
 namespace, params_file (default config/segment.yaml), model and backend ('' = as in the
-parameter file), use_rviz.
+parameter file), use_rviz, lifecycle (true: a managed node that starts unconfigured; drive
+it with `ros2 lifecycle set /segment_node configure` then `activate`, or a lifecycle
+manager).
 """
 
 import os
@@ -13,7 +15,7 @@ import tempfile
 from ament_index_python.packages import get_package_share_directory
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
 
 from launch import LaunchDescription
 
@@ -33,11 +35,21 @@ def rviz_config(namespace: str) -> str:
     return file.name
 
 
+def is_true(text: str) -> bool:
+    return text.strip().lower() in ('true', '1', 'yes')
+
+
 def launch_setup(context):
     value = {name: LaunchConfiguration(name).perform(context)
-             for name in ('image', 'namespace', 'params_file', 'model', 'backend', 'use_rviz')}
+             for name in ('image', 'namespace', 'params_file', 'model', 'backend', 'use_rviz',
+                          'lifecycle')}
+    managed = is_true(value['lifecycle'])
     overrides = {name: value[name] for name in ('model', 'backend') if value[name]}
-    nodes = [Node(
+    overrides['lifecycle'] = managed
+    # A managed node needs the LifecycleNode action (name and namespace are required there)
+    # so that launch can follow its state and send it transitions.
+    node_action = LifecycleNode if managed else Node
+    nodes = [node_action(
         package='tokenmask_ros',
         executable='segment_node',
         name='segment_node',
@@ -47,7 +59,7 @@ def launch_setup(context):
                     ('image/compressed', value['image'] + '/compressed')],
         output='screen',
     )]
-    if value['use_rviz'].lower() in ('true', '1', 'yes'):
+    if is_true(value['use_rviz']):
         nodes.append(Node(package='rviz2', executable='rviz2', name='rviz2',
                           arguments=['-d', rviz_config(value['namespace'])], output='screen'))
     return nodes
@@ -69,5 +81,9 @@ def generate_launch_description():
                                           'the parameter file\'s'),
         DeclareLaunchArgument('use_rviz', default_value='false',
                               description='start rviz2 with config/segment.rviz'),
+        DeclareLaunchArgument('lifecycle', default_value='false',
+                              description='true: segment_node as a managed (lifecycle) node '
+                                          'that starts unconfigured and waits for '
+                                          '~/change_state'),
     ]
     return LaunchDescription([*arguments, OpaqueFunction(function=launch_setup)])

@@ -27,6 +27,12 @@ backlog, and the executor stays free for parameters and diagnostics.
 Hostile input is refused cheaply: a compressed frame's declared size is checked before it
 is decoded, bad frames are logged at most once per kind of fault per period (the kinds are
 a fixed set, never sender text), and SIGINT, SIGTERM and SIGHUP all shut down cleanly.
+
+With the parameter ``lifecycle`` true the node is a managed (lifecycle) node: it starts
+unconfigured, and the standard ``~/change_state`` service drives it: configure loads the
+model and starts the worker, activate subscribes and lets outputs out, deactivate
+unsubscribes (an idle node runs no inference), cleanup frees the model. A plain start runs
+the same configure and activate steps at once.
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ from rcl_interfaces.msg import (
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleNodeMixin, LifecycleState
+from rclpy.lifecycle import TransitionCallbackReturn as Transition
 from rclpy.node import Node
 from rclpy.qos import QoSPolicyKind, qos_policy_name_from_kind, qos_profile_sensor_data
 from rclpy.signals import SignalHandlerOptions
@@ -176,6 +184,9 @@ PARAMETERS: dict[str, Param] = {
                        _float_range(0.0, 1000.0)),
     'depth_max': Param(DEPTH_MAX, 'farther depths (m) are ignored; above depth_min', True,
                        _float_range(0.0, 1000.0)),
+    'lifecycle': Param(False, 'true = a managed (lifecycle) node that starts unconfigured and '
+                       'waits for ~/change_state; false = configure and activate at start '
+                       '(restart the node to change)'),
 }
 RESTART_ONLY = frozenset(name for name, p in PARAMETERS.items()
                          if not p.dynamic and not p.read_only)
@@ -313,27 +324,58 @@ def detections_message(prediction, header) -> Detection2DArray:
 
 # --- the node ------------------------------------------------------------------------
 
-class SegmentNode(Node):
-    """Camera frames in, panoptic segmentation out; see the module docstring."""
+class SegmentNode(LifecycleNode):
+    """Camera frames in, panoptic segmentation out; see the module docstring.
+
+    One class for both modes: the lifecycle state machine always exists, but its services
+    are created only with ``lifecycle`` true, so a plain node looks exactly as before.
+    """
 
     def __init__(self, node_name: str = 'segment_node', **kwargs):
-        super().__init__(node_name, **kwargs)
+        # Node first: the parameter ``lifecycle`` decides whether the lifecycle services exist.
+        Node.__init__(self, node_name, **kwargs)
         self.stats = Stats()
         self._lock = threading.Lock()
         self._busy = False
-        self._slot = LatestFrameSlot()
-        self._error_log = RateLimiter(ERROR_LOG_PERIOD_S)
+        self._active = False
         self._closing = False
+        self._error_log = RateLimiter(ERROR_LOG_PERIOD_S)
+        self.segmenter = self._slot = self._worker = None
+        self._output_pubs: list = []
+        self._input_subs: list = []
+        self.managed = False
         try:
-            self._start()
+            self._declare()
+            if self.managed:
+                self.get_logger().info('lifecycle node: unconfigured, waiting for configure '
+                                       f'on {self.resolve_service_name("~/change_state")}')
+                return
+            self._configure()
+            self._activate()
         except BaseException:
             self.destroy_node()  # frees a loaded model before the error propagates
             raise
 
-    def _start(self) -> None:
+    def _declare(self) -> None:
+        """Parameters, the lifecycle interface (only when ``lifecycle``), diagnostics."""
         for name, param in PARAMETERS.items():
             self.declare_parameter(name, param.default, ParameterDescriptor(
                 description=param.description, read_only=param.read_only, **param.extra))
+        self.params = {name: self.get_parameter(name).value for name in PARAMETERS}
+        self.managed = bool(self.params['lifecycle'])
+        LifecycleNodeMixin.__init__(self, enable_communication_interface=self.managed)
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        # In every state: the timer also wakes the executor, so a signal is handled promptly
+        # (Python runs signal handlers only between bytecodes, not inside rcl_wait).
+        self.diagnostics_timer = self.create_timer(
+            DIAGNOSTICS_PERIOD_S, self._publish_diagnostics,
+            callback_group=MutuallyExclusiveCallbackGroup())
+
+    # --- set-up and tear-down, shared by both modes --------------------------------------
+
+    def _configure(self) -> None:
+        """Load the model, create the output publishers and diagnostics, start the worker."""
         p = {name: self.get_parameter(name).value for name in PARAMETERS}
         self._check(p)
         self.params = p
@@ -358,25 +400,37 @@ class SegmentNode(Node):
         self.markers_pub = publish(MarkerArray, '~/markers', out_qos)
         self.label_info_pub = publish(LabelInfo, '~/label_info',
                                       make_qos('reliable', 1, transient_local=True))
-        self.diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
 
         compressed = p['input_transport'] == 'compressed'
         self.image_type = CompressedImage if compressed else Image
-        self.subscription = self.create_subscription(
-            self.image_type, 'image/compressed' if compressed else 'image', self._on_image,
-            make_qos(p['image_reliability'], 1),
-            callback_group=MutuallyExclusiveCallbackGroup(),
-            event_callbacks=SubscriptionEventCallbacks(
-                incompatible_qos=self._on_incompatible_publisher))
-        self.input_topic = self.subscription.topic_name
-
-        # Depth and camera_info: always subscribed (a callback only stores the message),
-        # read only while a 3D output has subscribers.
+        self.input_topic = self.resolve_topic_name('image/compressed' if compressed
+                                                   else 'image')
         self.tracker = PanopticTracker(self.segmenter.is_thing, label_divisor=p['label_divisor'],
                                        max_age=p['track_max_age'], min_iou=p['track_min_iou'])
         self._reset_tracker = False
         self._warned_resize = False
         self.pairing = DepthPairing(p['depth_max_delay'])
+        self._last_report = (time.monotonic(), self.stats.received, self.stats.processed,
+                             self.stats.errors)
+        self._closing = False
+        self._slot = LatestFrameSlot()
+        self._worker = threading.Thread(target=self._work, name='segment_worker', daemon=True)
+        self._worker.start()
+
+    def _activate(self) -> None:
+        """Subscribe to the image, depth and camera_info; outputs flow from now on."""
+        p = self.params
+        self._active = True
+        self.subscription = self.create_subscription(
+            self.image_type, 'image/compressed' if p['input_transport'] == 'compressed'
+            else 'image', self._on_image, make_qos(p['image_reliability'], 1),
+            callback_group=MutuallyExclusiveCallbackGroup(),
+            event_callbacks=SubscriptionEventCallbacks(
+                incompatible_qos=self._on_incompatible_publisher))
+        self._input_subs.append(self.subscription)
+        self.input_topic = self.subscription.topic_name
+        # Depth and camera_info: a callback only stores the message; read only while a 3D
+        # output has subscribers.
         group = MutuallyExclusiveCallbackGroup()
         self.depth_subscription = self.create_subscription(
             Image, 'depth', self.pairing.add_depth, qos_profile_sensor_data,
@@ -384,20 +438,80 @@ class SegmentNode(Node):
         self.camera_info_subscription = self.create_subscription(
             CameraInfo, 'camera_info', self.pairing.add_camera_info, qos_profile_sensor_data,
             callback_group=group)
-
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._input_subs += [self.depth_subscription, self.camera_info_subscription]
         self._publish_label_info()
-        self._last_report = (time.monotonic(), 0, 0, 0)
-        self.diagnostics_timer = self.create_timer(
-            DIAGNOSTICS_PERIOD_S, self._publish_diagnostics,
-            callback_group=MutuallyExclusiveCallbackGroup())
-        self._worker = threading.Thread(target=self._work, name='segment_worker', daemon=True)
-        self._worker.start()
+        config = self.segmenter.config
         self.get_logger().info(
             f'ready: {self.segmenter.backend.describe()}, model {self.model_path.name} '
             f'({config.num_classes} classes, input {self.segmenter.input_size[1]}x'
             f'{self.segmenter.input_size[0]}); segmenting {self.input_topic} '
             f'({p["input_transport"]}, {p["image_reliability"]})')
+
+    def _deactivate(self) -> None:
+        """Unsubscribe, drop a waiting frame and wait for the frame in work: from the return
+        on nothing is published and no inference runs."""
+        self._active = False
+        for subscription in self._input_subs:
+            self.destroy_subscription(subscription)
+        self._input_subs = []
+        if self._slot is not None:
+            self._slot.take(timeout=0.0)
+        deadline = time.monotonic() + 60.0
+        while not self.idle and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def _cleanup(self) -> None:
+        """Join the worker, free the model and remove what configure created (any part)."""
+        self.stop_worker()
+        self._slot = self._worker = None
+        for publisher in self._output_pubs:
+            self.destroy_publisher(publisher)
+        self._output_pubs = []
+        segmenter, self.segmenter = self.segmenter, None
+        if segmenter is not None:
+            segmenter.close()
+
+    # --- lifecycle transitions (``lifecycle`` true) --------------------------------------
+
+    def _transition(self, name: str, step, undo=None) -> Transition:
+        """Run one transition step; an error is logged in one line and returns FAILURE,
+        after ``undo`` has removed whatever the step had made."""
+        try:
+            step()
+        except Exception as error:
+            self.get_logger().error(f'{name} failed: {one_line(error)}')
+            if undo is not None:
+                try:
+                    undo()
+                except Exception as undo_error:
+                    self.get_logger().error(f'{name}: undo failed: {one_line(undo_error)}')
+            return Transition.FAILURE
+        self.get_logger().info(f'{name}: done')
+        return Transition.SUCCESS
+
+    def on_configure(self, state: LifecycleState) -> Transition:
+        return self._transition('configure', self._configure, self._cleanup)
+
+    def on_activate(self, state: LifecycleState) -> Transition:
+        return self._transition('activate', self._activate, self._deactivate)
+
+    def on_deactivate(self, state: LifecycleState) -> Transition:
+        return self._transition('deactivate', self._deactivate)
+
+    def on_cleanup(self, state: LifecycleState) -> Transition:
+        return self._transition('cleanup', self._cleanup)
+
+    def on_shutdown(self, state: LifecycleState) -> Transition:
+        return self._transition('shutdown', self._shutdown)
+
+    def on_error(self, state: LifecycleState) -> Transition:
+        self._shutdown()  # back to unconfigured with nothing held
+        return Transition.SUCCESS
+
+    def _shutdown(self) -> None:
+        if self._active:
+            self._deactivate()
+        self._cleanup()
 
     # --- set-up ------------------------------------------------------------------------
 
@@ -437,8 +551,10 @@ class SegmentNode(Node):
                 f'does not offer ({policy} policy); the topic is published {offered}: '
                 'subscribe with a compatible profile or it receives nothing')
 
-        return self.create_publisher(msg_type, topic, qos, event_callbacks=(
+        publisher = self.create_publisher(msg_type, topic, qos, event_callbacks=(
             PublisherEventCallbacks(incompatible_qos=warn)))
+        self._output_pubs.append(publisher)
+        return publisher
 
     def _on_incompatible_publisher(self, event) -> None:
         policy = qos_policy_name_from_kind(event.last_policy_kind)
@@ -457,18 +573,25 @@ class SegmentNode(Node):
     # --- parameters --------------------------------------------------------------------
 
     def _on_set_parameters(self, parameters) -> SetParametersResult:
-        """Refuse restart-only changes; apply thresholds through the Segmenter, which checks
+        """Refuse restart-only changes while configured (an unconfigured lifecycle node takes
+        them at its next configure); apply thresholds through the Segmenter, which checks
         them. Value ranges are enforced by rclpy from the declared descriptors."""
         values = {parameter.name: parameter.value for parameter in parameters}
+        configured = self.segmenter is not None
         for name, value in values.items():
-            if name in RESTART_ONLY and value != self.params[name]:
-                return SetParametersResult(
-                    successful=False, reason=f'restart the node to change {name}')
+            if name in RESTART_ONLY and value != self.params[name] and (
+                    configured or name == 'lifecycle'):
+                how = ('clean up the node (lifecycle cleanup) or restart it'
+                       if self.managed and name != 'lifecycle' else 'restart the node')
+                return SetParametersResult(successful=False, reason=f'{how} to change {name}')
         depth_range = (values.get('depth_min', self.params['depth_min']),
                        values.get('depth_max', self.params['depth_max']))
         if not depth_range[0] < depth_range[1]:
             return SetParametersResult(successful=False, reason=(
                 f'depth_min ({depth_range[0]}) must be below depth_max ({depth_range[1]})'))
+        if not configured:  # configure reads every parameter afresh
+            self.params.update(values)
+            return SetParametersResult(successful=True)
         thresholds = {name: float(values[name]) for name in
                       ('score_threshold', 'overlap_threshold') if name in values}
         if thresholds:
@@ -485,7 +608,7 @@ class SegmentNode(Node):
             self.pairing.max_delay = float(values['depth_max_delay'])
         if values.get('tracking') is False:
             self._reset_tracker = True  # tracks restart from 1 when tracking is back on
-        if 'score_threshold' in values:
+        if 'score_threshold' in values and self._active:
             self._publish_label_info()
         return SetParametersResult(successful=True)
 
@@ -535,6 +658,8 @@ class SegmentNode(Node):
             except Exception as error:
                 self._report_error(f'tracking failed: {error!r}', error, 'tracking')
                 return
+        if not self._active:
+            return  # deactivated while this frame was segmented: nothing goes out
         try:
             self._publish(msg.header, rgb, prediction, tracking)
         except Exception as error:
@@ -662,6 +787,15 @@ class SegmentNode(Node):
     # --- diagnostics ---------------------------------------------------------------------
 
     def _publish_diagnostics(self) -> None:
+        if self.segmenter is None:  # an unconfigured (or finalized) lifecycle node
+            label = self._state_machine.current_state[1]
+            status = DiagnosticStatus(
+                name=f'{self.get_fully_qualified_name()}: segmentation',
+                level=DiagnosticStatus.OK, message=f'{label} (lifecycle): no model loaded')
+            report = DiagnosticArray(status=[status])
+            report.header.stamp = self.get_clock().now().to_msg()
+            self.diagnostics_pub.publish(report)
+            return
         now = time.monotonic()
         with self._lock:
             s = self.stats
@@ -680,7 +814,10 @@ class SegmentNode(Node):
         new_errors = counts[2] - previous[2]
         status = DiagnosticStatus(name=f'{self.get_fully_qualified_name()}: segmentation',
                                   hardware_id=self.segmenter.backend.describe())
-        if new_errors:
+        if not self._active:
+            status.level = DiagnosticStatus.OK
+            status.message = 'inactive (lifecycle): not subscribed, no inference'
+        elif new_errors:
             status.level = DiagnosticStatus.WARN
             status.message = f'{new_errors} bad frame(s) in the last {elapsed:.1f} s'
         elif counts[0] == 0:
@@ -721,10 +858,7 @@ class SegmentNode(Node):
 
     def destroy_node(self):
         """Stop and join the worker, free the model (and its GPU memory), then the node."""
-        self.stop_worker()
-        segmenter = getattr(self, 'segmenter', None)
-        if segmenter is not None:
-            segmenter.close()
+        self._cleanup()
         super().destroy_node()
 
 
