@@ -17,6 +17,8 @@ import re
 from pathlib import Path
 
 ALLOW_PATTERNS = ['config.json', '*.safetensors', 'preprocessor_config.json']
+#: Bumped when the importer or the label-set rules change, so older conversions are redone.
+CONVERSION_VERSION = 1
 HUB_SUBDIR = 'hub'
 # HF repo-id rules: one owner and one name of [A-Za-z0-9_.-], at most 96 characters each,
 # neither starting nor ending with '-' or '.', and no '--' or '..' anywhere.
@@ -115,7 +117,7 @@ def snapshot_folder(repo_id: str, revision: str | None = None) -> Path:
 def converted_path(repo_id: str, commit: str, cache_dir: str | Path | None = None) -> Path:
     """Where the converted checkpoint of ``repo_id`` at ``commit`` lives in the project cache."""
     root = Path(cache_dir) if cache_dir is not None else tokenmask_cache_dir() / HUB_SUBDIR
-    return root / f'{repo_id.replace("/", "--")}-{commit}.safetensors'
+    return root / f'{repo_id.replace("/", "--")}-{commit}-v{CONVERSION_VERSION}.safetensors'
 
 
 def resolve_hub_model(repo_id: str, revision: str | None = None,
