@@ -153,3 +153,35 @@ def test_cli_imports_a_hub_id_from_the_cache(offline, hf_source, tmp_path):
     assert len(lines) == 1 and lines[0].startswith('tokenmask import-eomt: error: ')
     assert 'hf download tiny-org/absent' in lines[0]
     assert not (tmp_path / 'y.safetensors').exists()
+
+
+@pytest.mark.dds
+def test_segment_node_runs_a_hub_id_from_the_local_cache(offline, tmp_path):
+    """`model:=owner/name` with downloads off: the node converts the cached snapshot once
+    and reports ready with it (the done-when of a hub id running in the node)."""
+    import signal
+    import subprocess
+    import time
+
+    log = tmp_path / 'node.log'
+    with log.open('w') as output:
+        process = subprocess.Popen(
+            [*installed_executable('segment_node'), '--ros-args', '-r', '__ns:=/t_hub',
+             '-p', f'model:={REPO}', '-p', 'backend:=torch', '-p', 'device:=cpu'],
+            stdout=output, stderr=subprocess.STDOUT,
+            env=dict(os.environ, RCUTILS_LOGGING_BUFFERED_STREAM='0', PYTHONUNBUFFERED='1'))
+        try:
+            deadline = time.monotonic() + 120
+            while 'ready:' not in log.read_text():
+                assert process.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(60) == 0, log.read_text()
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    text = log.read_text()
+    assert 'eomt-tiny' in text and 'Traceback' not in text, text
+    assert list(tmp_cache(offline[0]).glob('tiny-org--eomt-tiny-*.safetensors')), text
