@@ -15,6 +15,8 @@ import pytest
 # rclpy context exists; subprocesses inherit it.
 os.environ.setdefault('ROS_DOMAIN_ID', str(100 + os.getpid() % 100))
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+# Tests never reach the network: a hub-id-looking name must not start a download.
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPO_ROOT))  # for `training`, a source-tree package that is not installed
