@@ -1,0 +1,239 @@
+"""Label-free distillation of an EoMT (or any TokenMask-format) teacher into a TokenMask student.
+
+Why: TokenMask is EoMT without the learned upscaling blocks, so the student can start from
+the teacher's backbone, queries, class head and mask MLP and only has to learn to score
+masks in token space. Query i of the student learns query i of the teacher (soft classes,
+mask probabilities at the student's stride), so any folder of images or videos will do: no
+annotations. The run reuses ``train.py``'s machinery: the optimizer and schedule of
+:mod:`training.optim`, pickle-free checkpoints of :mod:`training.run_checkpoints` (exact
+``--resume``), the CSV / TensorBoard log of :mod:`training.run_log`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from tokenmask_ros.defaults import MAX_IMAGE_PIXELS
+from tokenmask_ros.image_io import read_image_file
+from tokenmask_ros.model import SegmentationOutput, TokenMask, build_model, save_checkpoint
+from tokenmask_ros.sources import IMAGE_SUFFIXES
+from training.letterbox import preprocess
+from training.optim import build_optimizer, build_scheduler
+from training.run_checkpoints import load_resume, save_all
+from training.run_log import MetricLog, previous_elapsed
+
+VIDEO_SUFFIXES = frozenset({'.mp4', '.avi', '.mkv', '.mov', '.webm', '.m4v'})
+
+
+# --------------------------------------------------------------------------- student
+
+
+def student_from_teacher(teacher: TokenMask) -> TokenMask:
+    """A ``head='tokenmask'``, ``upsample='logit'`` student at the teacher's output stride,
+    holding the teacher's weights for everything but the mask head (EoMT's ScaleBlocks are
+    dropped; TokenMask's head has no parameters)."""
+    config = teacher.config.replace(head='tokenmask', upsample='logit')
+    student = build_model(config)
+    shared = {k: v for k, v in teacher.state_dict().items() if not k.startswith('mask_head.')}
+    expected = student.state_dict()
+    missing = sorted(set(expected) - set(shared))
+    wrong = sorted(k for k in set(expected) & set(shared) if expected[k].shape != shared[k].shape)
+    if missing or wrong or set(shared) - set(expected):
+        extra = sorted(set(shared) - set(expected))
+        raise ValueError(f'teacher and student do not share their weights: missing '
+                         f'{missing[:5]}, wrong shape {wrong[:5]}, extra {extra[:5]}')
+    student.load_state_dict(shared)
+    return student.to(next(teacher.parameters()).device)
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def distill_loss(student_out: SegmentationOutput, teacher_out: SegmentationOutput,
+                 temperature: float = 1.0) -> dict[str, torch.Tensor]:
+    """Query-by-query distillation loss: ``{'loss', 'loss_class', 'loss_mask'}``.
+
+    Class: KL(teacher || student) of the softmax at ``temperature`` (times T^2, Hinton's
+    scaling), mean over queries. Mask: binary cross-entropy of the student's mask logits
+    against the teacher's probabilities at the student's resolution, minus the teacher's own
+    entropy (the same gradient as BCE, but 0 when the student matches), mean over pixels.
+    """
+    t_class = teacher_out.class_logits.detach().float() / temperature
+    s_class = student_out.class_logits.float() / temperature
+    kl = F.kl_div(F.log_softmax(s_class, -1), F.log_softmax(t_class, -1), log_target=True,
+                  reduction='none').sum(-1).mean() * temperature ** 2
+    t_mask = teacher_out.mask_logits.detach().float()
+    s_mask = student_out.mask_logits.float()
+    if t_mask.shape[-2:] != s_mask.shape[-2:]:
+        t_mask = F.interpolate(t_mask, s_mask.shape[-2:], mode='bilinear', align_corners=False)
+    target = torch.sigmoid(t_mask)
+    bce = F.binary_cross_entropy_with_logits(s_mask, target)
+    entropy = F.binary_cross_entropy_with_logits(t_mask, target)
+    mask = bce - entropy
+    return {'loss': kl + mask, 'loss_class': kl, 'loss_mask': mask}
+
+
+# --------------------------------------------------------------------------- data
+
+
+class UnlabelledImages:
+    """The images of a folder (recursively) and every ``video_stride``-th frame of its videos,
+    letterboxed to the model input as evaluation does (resize to fit, pad bottom/right).
+
+    Items are (path, frame or None); batches are drawn from per-epoch permutations seeded by
+    (seed, epoch), so batch k is the same whether or not the run was resumed before it.
+    """
+
+    def __init__(self, folder: str | Path, img_size: tuple[int, int], seed: int = 0,
+                 video_stride: int = 10):
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f'image folder {folder} does not exist')
+        self.items: list[tuple[Path, int | None]] = []
+        for path in sorted(p for p in folder.rglob('*') if p.is_file()):
+            suffix = path.suffix.lower()
+            if suffix in IMAGE_SUFFIXES:
+                self.items.append((path, None))
+            elif suffix in VIDEO_SUFFIXES:
+                capture = cv2.VideoCapture(str(path))
+                count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+                capture.release()
+                self.items.extend((path, f) for f in range(0, count, max(video_stride, 1)))
+        if not self.items:
+            raise ValueError(f'{folder} has no images or videos '
+                             f'({", ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))})')
+        self.img_size, self.seed = tuple(img_size), seed
+        self._orders: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def read(self, index: int) -> torch.Tensor:
+        """Item ``index`` as a float [3, H, W] network input in [0, 1]."""
+        path, frame = self.items[index]
+        if frame is None:
+            bgr = read_image_file(path, MAX_IMAGE_PIXELS)
+        else:
+            capture = cv2.VideoCapture(str(path))
+            capture.set(cv2.CAP_PROP_POS_FRAMES, frame)
+            ok, bgr = capture.read()
+            capture.release()
+            if not ok:
+                raise ValueError(f'{path}: cannot read frame {frame}')
+        rgb = torch.from_numpy(np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+        return preprocess(rgb.permute(2, 0, 1), self.img_size)[0]
+
+    def batch(self, step: int, size: int) -> torch.Tensor:
+        """The ``size`` images of optimizer step ``step`` as [size, 3, H, W]."""
+        indices = []
+        for position in range(step * size, (step + 1) * size):
+            epoch, offset = divmod(position, len(self.items))
+            if epoch not in self._orders:
+                generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                self._orders = {epoch: torch.randperm(len(self.items), generator=generator)}
+            indices.append(int(self._orders[epoch][offset]))
+        return torch.stack([self.read(i) for i in indices])
+
+
+# --------------------------------------------------------------------------- run
+
+
+@dataclass
+class DistillConfig:
+    """The options of a distillation run (saved with every checkpoint)."""
+
+    teacher: str
+    images: str
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    layer_decay: float = 1.0
+    warmup: int = 0
+    temperature: float = 1.0
+    grad_clip: float = 0.01
+    video_stride: int = 10
+    checkpoint_every: int = 500
+    log_every: int = 10
+    amp: str = 'none'
+    device: str = 'auto'
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def distill(config: DistillConfig, teacher: TokenMask, out: str | Path,
+            resume: str | None = None, progress: bool = True) -> dict:
+    """Distil ``teacher`` into a fresh student for ``config.steps`` steps in ``out``.
+
+    Returns ``{'step', 'losses', 'out', 'student'}`` (the per-step losses of this call).
+    One process; AMP (``bf16``/``fp16``) on CUDA only.
+    """
+    if config.amp not in ('none', 'bf16', 'fp16'):
+        raise ValueError(f'amp must be none, bf16 or fp16, got {config.amp!r}')
+    out = Path(out)
+    device = torch.device(('cuda' if torch.cuda.is_available() else 'cpu')
+                          if config.device == 'auto' else config.device)
+    torch.manual_seed(config.seed)
+    teacher = teacher.to(device).eval().requires_grad_(False)
+    student = student_from_teacher(teacher).to(device).train()
+    data = UnlabelledImages(config.images, student.config.img_size, config.seed,
+                            config.video_stride)
+    optimizer = build_optimizer(student, config.lr, config.weight_decay, config.layer_decay)
+    scheduler = build_scheduler(optimizer, config.steps, config.warmup, 0)
+    amp = config.amp if device.type == 'cuda' else 'none'
+    scaler = torch.amp.GradScaler('cuda', enabled=amp == 'fp16')
+    start = 0
+    if resume:
+        start = load_resume(resume, student, student.config, optimizer, scheduler, scaler,
+                            None, device)
+    out.mkdir(parents=True, exist_ok=True)
+    log = MetricLog(out, True)
+    elapsed, started = previous_elapsed(out / 'metrics.csv', start), time.monotonic()
+    dtype = torch.float16 if amp == 'fp16' else torch.bfloat16
+    losses: list[float] = []
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps,
+               disable=not progress, dynamic_ncols=True, desc='distill')
+    for step in bar:
+        images = data.batch(step, config.batch_size).to(device)
+        with torch.autocast(device.type, dtype=dtype, enabled=amp != 'none'):
+            with torch.no_grad():
+                target = teacher(images)
+            parts = distill_loss(student(images), target, config.temperature)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(parts['loss']).backward()  # parts become floats below
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            student.parameters(), config.grad_clip if config.grad_clip > 0 else float('inf'))
+        lr = optimizer.param_groups[-1]['lr']
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        parts = {k: float(v.detach()) for k, v in parts.items()}
+        loss = parts['loss']
+        losses.append(loss)
+        bar.set_postfix(loss=f'{loss:.4f}')
+        done = step + 1
+        if done % config.log_every == 0 or done == config.steps or done == start + 1:
+            log.log(done, {**parts,
+                           'grad_norm': float(grad_norm), 'lr_head': lr,
+                           'elapsed_s': elapsed + time.monotonic() - started})
+        if config.checkpoint_every > 0 and done % config.checkpoint_every == 0 \
+                and done != config.steps:
+            save_all(out, done, student, optimizer, scheduler, scaler, config)
+    bar.close()
+    if config.steps > start:
+        save_all(out, config.steps, student, optimizer, scheduler, scaler, config)
+        save_checkpoint(student, out / 'model.safetensors',
+                        {'step': config.steps, 'distilled_from': config.teacher})
+    log.close()
+    return {'step': max(start, config.steps), 'losses': losses, 'out': out, 'student': student}
