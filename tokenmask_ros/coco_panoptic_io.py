@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tokenmask_ros.defaults import LABEL_DIVISOR
 from tokenmask_ros.image_io import write_rgb
-from tokenmask_ros.model.postprocess import LABEL_DIVISOR, segment_areas_and_boxes
+from tokenmask_ros.panoptic_types import segment_areas_and_boxes
 
 VOID_ID = 0
 
