@@ -11,7 +11,11 @@ from conftest import REPO_ROOT
 
 # Text that would send a reader to a file that is not in the repository: the founding
 # design notes and reference folder of the team, or an absolute path of a development box.
-OUTSIDE_REFERENCES = re.compile(r'DESIGN\.md|\.\./shared|/work/|shared/reference|env-recipe')
+# Assembled from parts so that this file, which names them only to forbid them, does not
+# itself read as a citation of them.
+_OUTSIDE_NAMES = ('DESIGN' + '.md', '..' + '/shared', '/' + 'work/', 'shared' + '/reference',
+                  'env' + '-recipe')
+OUTSIDE_REFERENCES = re.compile('|'.join(re.escape(name) for name in _OUTSIDE_NAMES))
 TEXT_SUFFIXES = {'.py', '.md', '.yaml', '.yml', '.sh', '.xml', '.cfg', '.toml', '.txt',
                  '.rviz', '.msg', '.json', ''}
 
@@ -30,8 +34,6 @@ def tracked_text_files() -> list:
 def test_no_file_cites_a_path_outside_the_repository():
     offenders = []
     for path in tracked_text_files():
-        if path.name == 'test_repository.py':
-            continue
         for number, line in enumerate(path.read_text(errors='replace').splitlines(), 1):
             if OUTSIDE_REFERENCES.search(line):
                 offenders.append(f'{path.relative_to(REPO_ROOT)}:{number}: {line.strip()}')
