@@ -19,6 +19,11 @@ OVERLAY_ALPHA = 0.35
 #: Largest accepted input image (width * height); larger frames are refused before decoding.
 MAX_IMAGE_PIXELS = 16_777_216
 
+#: The deploy graph decodes full-resolution masks only for the DECODED_QUERIES best-scoring
+#: queries (kept ones first): exact while at most that many queries pass the score
+#: threshold, which covers typical scenes; more are reported and the lowest-scoring dropped.
+DECODED_QUERIES = 64
+
 #: Inference backends, and the order ``auto`` tries them in.
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
 AUTO_ORDER = ('tensorrt', 'onnxruntime', 'torch')

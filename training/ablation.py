@@ -13,6 +13,17 @@ evaluated with training/evaluate.py's inference and metrics on fresh validation 
 timed with the Segmenter (torch backend, the deployed graph) through ``tokenmask bench``'s
 measurement. Writes ``ablation.md``, ``ablation.csv`` and
 ``ablation.png`` (PQ against latency) into ``--out``.
+
+``--init-shared FILE`` starts every variant from *all* weights of a TokenMask checkpoint that
+every head shares (backbone, queries, class head, mask MLP; only EoMT's ScaleBlocks are new),
+so a short equal budget compares heads on a trained model rather than on untrained things
+queries. ``--distil`` adds the label-free student of the ``eomt/feature s4`` variant
+(``training/distill.py`` for the same number of steps, on unlabelled scenes of another
+seed), with its PQ against distillation steps (``distillation_curve.{csv,png}``):
+
+    python training/ablation.py --init-shared models/tokenmask_vit_tiny_synthetic.safetensors \
+        --variants 'eomt/feature s4' 'tokenmask/logit s4' 'tokenmask/none s16' --distil \
+        --steps 800 --lr 2e-4 --out training/results/head_comparison_synthetic
 """
 
 from __future__ import annotations
@@ -37,8 +48,10 @@ VARIANTS = {
     'tokenmask/logit s4': {'head': 'tokenmask', 'upsample': 'logit', 'output_stride': 4},
     'tokenmask/logit s1': {'head': 'tokenmask', 'upsample': 'logit', 'output_stride': 1},
 }
+TEACHER = 'eomt/feature s4'
+STUDENT = 'distilled student'
 COLUMNS = ('variant', 'head', 'upsample', 'output_stride', 'steps', 'train_s', 'pq',
-           'pq_things', 'pq_stuff', 'miou', 'latency_ms_median', 'latency_ms_p90',
+           'pq_things', 'pq_stuff', 'miou', 'gflops', 'latency_ms_median', 'latency_ms_p90',
            'inference_ms_median', 'params_m')
 
 
@@ -62,6 +75,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='start every variant from this backbone (timm/DINOv2 safetensors '
                              'or a TokenMask checkpoint, whose heads are ignored) instead of '
                              'from scratch; the heads are always new')
+    parser.add_argument('--init-shared', default=None, metavar='FILE',
+                        help='start every variant from all weights of this TokenMask '
+                             'checkpoint that fit it (backbone, queries, class head, mask '
+                             'MLP); head-specific weights (EoMT ScaleBlocks) are new and '
+                             'masked attention is off')
+    parser.add_argument('--distil', action='store_true',
+                        help=f'also distil the {TEACHER!r} variant into a TokenMask student '
+                             '(same steps, unlabelled scenes) and add it to the table')
+    parser.add_argument('--distil-images', type=int, default=2000,
+                        help='unlabelled scenes written for --distil')
+    parser.add_argument('--curve-images', type=int, default=50,
+                        help="validation scenes per point of the student's PQ curve")
     parser.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE',
                         help='extra train-config overrides for every variant, e.g. '
                              'model.depth=6 (section.key=value, YAML values)')
@@ -73,8 +98,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.val_images < 1 or args.repeats < 1:
         parser.error('--steps, --val-images and --repeats must be >= 1')
-    if args.backbone_weights and not Path(args.backbone_weights).is_file():
-        parser.error(f'--backbone-weights: no such file: {args.backbone_weights}')
+    for option in ('backbone_weights', 'init_shared'):
+        value = getattr(args, option)
+        if value and not Path(value).is_file():
+            parser.error(f"--{option.replace('_', '-')}: no such file: {value}")
+    if args.distil and TEACHER not in args.variants:
+        parser.error(f'--distil needs the {TEACHER!r} variant (the teacher)')
     return args
 
 
@@ -92,7 +121,33 @@ def train_config(args: argparse.Namespace, model: dict):
         'optim.backbone_warmup': max(1, args.steps // 10), 'optim.grad_clip': 1.0,
         'optim.num_points': 2048, 'checkpoint_every': 0, 'log_every': 20, 'seed': args.seed,
     }
+    if args.init_shared:  # a trained model: no masked-attention phase, new heads warm up first
+        overrides.update({'optim.mask_annealing': False,
+                          'optim.head_warmup': max(1, args.steps // 10)})
     return load_train_config(None, [*(f'{k}={v}' for k, v in overrides.items()), *args.set])
+
+
+def shared_init(source_path: str, config, path: Path) -> Path:
+    """Write a checkpoint of ``config``'s model holding every tensor of ``source_path`` that
+    fits (same name and shape after fitting the position embedding); the rest stays as built.
+
+    Why a file: ``train()``'s ``--init`` then starts the run exactly as a user's would.
+    """
+    from tokenmask_ros.model import build_model, load_checkpoint, save_checkpoint
+    from tokenmask_ros.model.backbone import fit_position_embedding
+    from training.datasets.build import build_dataset
+    from training.train_config import model_config
+
+    source = load_checkpoint(source_path)
+    target = model_config(config, build_dataset(config.data)[1])
+    model = build_model(target)
+    fitted = fit_position_embedding(source.state_dict(), source.config, target)
+    own = model.state_dict()
+    shared = {k: v for k, v in fitted.items() if k in own and own[k].shape == v.shape}
+    if not any(k.startswith('backbone.') for k in shared):
+        raise ValueError(f'{source_path}: no backbone weights fit the {target.head} model')
+    model.load_state_dict(shared, strict=False)
+    return save_checkpoint(model, path, {'init_from': str(source_path)})
 
 
 def evaluate_checkpoint(path: Path, args: argparse.Namespace) -> dict:
@@ -107,33 +162,92 @@ def evaluate_checkpoint(path: Path, args: argparse.Namespace) -> dict:
 
 
 def run_variant(name: str, args: argparse.Namespace, out: Path) -> dict:
-    from tokenmask_ros.model import load_checkpoint
-    from tokenmask_ros.model.backbone import count_parameters
-    from tokenmask_ros.runtime.bench import bench_segmenter
     from training.trainer import train
 
-    model = VARIANTS[name]
-    run = out / name.replace('/', '_').replace(' ', '_')
+    run = run_folder(out, name)
     checkpoint, saved = run / 'model.safetensors', run / 'ablation_metrics.json'
     if args.reuse and checkpoint.is_file() and saved.is_file():
         record = json.loads(saved.read_text())
         metrics, train_s = record['metrics'], record['train_s']
     else:
         started = time.monotonic()
-        train(train_config(args, model), run, backbone_weights=args.backbone_weights,
-              progress=not args.no_progress)
+        if name == STUDENT:
+            distil_student(args, out, run)
+        else:
+            config = train_config(args, VARIANTS[name])
+            init = shared_init(args.init_shared, config, run / 'init.safetensors') \
+                if args.init_shared else None
+            train(config, run, init=str(init) if init else None,
+                  backbone_weights=args.backbone_weights, progress=not args.no_progress)
         train_s = time.monotonic() - started
         metrics = evaluate_checkpoint(checkpoint, args)
         saved.write_text(json.dumps({'metrics': metrics, 'train_s': train_s}, indent=1))
+    return measured_row(name, checkpoint, metrics, train_s, args)
+
+
+def run_folder(out: Path, name: str) -> Path:
+    return out / name.replace('/', '_').replace(' ', '_')
+
+
+def distil_student(args: argparse.Namespace, out: Path, run: Path) -> None:
+    """``training/distill.py`` of the teacher variant for ``--steps`` steps on unlabelled
+    scenes of another seed, checkpointed five times for the PQ-against-steps curve."""
+    from tokenmask_ros.model import load_checkpoint, save_checkpoint
+    from training.distiller import DistillConfig, distill, student_from_teacher
+
+    teacher = run_folder(out, TEACHER) / 'model.safetensors'
+    images = write_unlabelled_scenes(out / 'unlabelled', args.distil_images, args.size,
+                                     args.seed + 1000)
+    config = DistillConfig(teacher=str(teacher), images=str(images), steps=args.steps,
+                           batch_size=args.batch_size, lr=args.lr, grad_clip=1.0,
+                           warmup=max(1, args.steps // 40),
+                           checkpoint_every=max(1, args.steps // 5), seed=args.seed)
+    teacher_model = load_checkpoint(teacher)
+    initial = run / 'checkpoints' / 'step_000000' / 'model.safetensors'  # the curve's start
+    save_checkpoint(student_from_teacher(teacher_model), initial, {'step': 0})
+    distill(config, teacher_model, run, progress=not args.no_progress)
+
+
+def write_unlabelled_scenes(folder: Path, count: int, size: tuple[int, int],
+                            seed: int) -> Path:
+    """``count`` training-stream synthetic scenes as PNG files, without their labels."""
+    import cv2
+    from tqdm import tqdm
+
+    from training.datasets.synthetic import scene_generator
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if len(list(folder.glob('*.png'))) == count:
+        return folder
+    width, height = size
+    generator = scene_generator('train', width, height, seed)
+    for index in tqdm(range(count), desc='unlabelled scenes', dynamic_ncols=True):
+        rgb = generator.scene(index).image
+        cv2.imwrite(str(folder / f'scene_{index:05d}.png'), rgb[:, :, ::-1])
+    return folder
+
+
+def measured_row(name: str, checkpoint: Path, metrics: dict, train_s: float,
+                 args: argparse.Namespace) -> dict:
+    """The table row: accuracy, GFLOPs of the deployed forward pass, Segmenter latency."""
+    from tokenmask_ros.model import load_checkpoint
+    from tokenmask_ros.model.backbone import count_parameters
+    from tokenmask_ros.model.flops import count_flops
+    from tokenmask_ros.runtime.bench import bench_segmenter
+
     timing = bench_segmenter(checkpoint, 'torch', 'fp32', args.size, device='cpu',
                              warmup=3, repeats=args.repeats)
     if not timing.ok:
         raise RuntimeError(f'{name}: timing failed: {timing.reason}')
-    params = count_parameters(load_checkpoint(checkpoint)) / 1e6
-    return {'variant': name, 'head': model['head'], 'upsample': model['upsample'],
-            'output_stride': model['output_stride'], 'steps': args.steps,
+    model = load_checkpoint(checkpoint).eval()
+    params = count_parameters(model) / 1e6
+    gflops = count_flops(model, convention='deploy').gflops
+    config = model.config
+    return {'variant': name, 'head': config.head, 'upsample': config.upsample,
+            'output_stride': config.output_stride, 'steps': args.steps,
             'train_s': round(train_s, 1), **{k: round(metrics[k], 2) for k in
                                              ('pq', 'pq_things', 'pq_stuff', 'miou')},
+            'gflops': round(gflops, 3),
             'latency_ms_median': round(timing.total.median, 2),
             'latency_ms_p90': round(timing.total.p90, 2),
             'inference_ms_median': round(timing.stages['inference'].median, 2),
@@ -144,18 +258,20 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
     from tokenmask_ros.runtime.bench import environment
 
     width, height = args.size
-    start = f'from the backbone of `{args.backbone_weights}`' if args.backbone_weights \
+    start = f'from the shared weights of `{args.init_shared}`' if args.init_shared else \
+        f'from the backbone of `{args.backbone_weights}`' if args.backbone_weights \
         else 'from scratch'
     lines = [f'Synthetic ablation: ViT-Tiny, {width}x{height}, {args.queries} queries, '
              f'{args.steps} steps of batch {args.batch_size} {start} per variant; PQ on '
              f'{args.val_images} validation scenes (seed {args.val_seed}); latency of the '
              'whole Segmenter call (torch backend, fp32, CPU).', '',
              f'Machine: {environment("cpu")}', '',
-             '| variant | PQ | PQ things | PQ stuff | mIoU | latency ms (median / p90) | '
-             'params M | train s |', '|---|---|---|---|---|---|---|---|']
+             '| variant | PQ | PQ things | PQ stuff | mIoU | GFLOPs | latency ms (median / p90) | '
+             'params M | train s |', '|---|---|---|---|---|---|---|---|---|']
     for r in rows:
         lines.append(f"| {r['variant']} | {r['pq']:.2f} | {r['pq_things']:.2f} | "
-                     f"{r['pq_stuff']:.2f} | {r['miou']:.2f} | {r['latency_ms_median']:.1f} / "
+                     f"{r['pq_stuff']:.2f} | {r['miou']:.2f} | {r['gflops']:.2f} | "
+                     f"{r['latency_ms_median']:.1f} / "
                      f"{r['latency_ms_p90']:.1f} | {r['params_m']:.2f} | {r['train_s']:.0f} |")
     return '\n'.join(lines) + '\n'
 
@@ -186,7 +302,10 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name in args.variants:
+    names = list(args.variants)
+    if args.distil:  # right after its teacher
+        names.insert(names.index(TEACHER) + 1, STUDENT)
+    for name in names:
         print(f'== {name}', flush=True)
         rows.append(run_variant(name, args, out))
         print(f"   PQ {rows[-1]['pq']:.2f}  latency {rows[-1]['latency_ms_median']:.1f} ms",
@@ -195,6 +314,12 @@ def main(argv=None) -> int:
         writer = csv.DictWriter(file, COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
+    if args.distil:
+        from training import training_curve
+
+        training_curve.main([str(run_folder(out, STUDENT)), '--images', str(args.curve_images),
+                             '--seed', str(args.val_seed), '--reuse',
+                             '--out', str(out / 'distillation_curve')])
     table = markdown(rows, args)
     (out / 'ablation.md').write_text(table)
     plot(out / 'ablation.png', rows)

@@ -223,12 +223,12 @@ def distill(config: DistillConfig, teacher: TokenMask, out: str | Path,
         losses.append(loss)
         bar.set_postfix(loss=f'{loss:.4f}')
         done = step + 1
-        if done % config.log_every == 0 or done == config.steps or done == start + 1:
+        checkpoint = config.checkpoint_every > 0 and done % config.checkpoint_every == 0
+        if done % config.log_every == 0 or done in (config.steps, start + 1) or checkpoint:
             log.log(done, {**parts,
                            'grad_norm': float(grad_norm), 'lr_head': lr,
                            'elapsed_s': elapsed + time.monotonic() - started})
-        if config.checkpoint_every > 0 and done % config.checkpoint_every == 0 \
-                and done != config.steps:
+        if checkpoint and done != config.steps:
             save_all(out, done, student, optimizer, scheduler, scaler, config)
     bar.close()
     if config.steps > start:

@@ -77,14 +77,16 @@ def checkpoint_times(run: Path, last: int | None) -> list[tuple[int, float, Path
             for row in csv.DictReader(file):
                 if row.get('elapsed_s'):
                     elapsed[int(row['step'])] = float(row['elapsed_s'])
-    start = (run / 'config.yaml').stat().st_mtime
+    config = run / 'config.yaml'  # train.py writes it first; distill.py runs have none
+    start = config.stat().st_mtime if config.is_file() else None
     points = []
     for folder in sorted((run / 'checkpoints').glob('step_*')):
         step = int(folder.name.split('_')[1])
         weights = folder / 'model.safetensors'
         if not weights.is_file() or (last is not None and step > last):
             continue
-        seconds = elapsed.get(step, weights.stat().st_mtime - start)
+        seconds = elapsed.get(step, 0.0 if step == 0 or start is None
+                              else weights.stat().st_mtime - start)
         points.append((step, seconds, weights))
     if not points:
         raise SystemExit(f'error: no checkpoints in {run / "checkpoints"}')

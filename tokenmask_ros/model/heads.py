@@ -16,6 +16,12 @@ from timm.layers import LayerNorm2d
 from torch import nn
 
 
+def gather_queries(values: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+    """Rows ``select`` [B, k] of ``values`` [B, K, ...] (ONNX GatherElements)."""
+    index = select.view(*select.shape, *[1] * (values.dim() - 2))
+    return torch.gather(values, 1, index.expand(-1, -1, *values.shape[2:]))
+
+
 class MaskMLP(nn.Sequential):
     """Query -> mask embedding: Linear-GELU-Linear-GELU-Linear at width D (EoMT)."""
 
@@ -32,9 +38,15 @@ class TokenMaskHead(nn.Module):
         self.grid_size = tuple(grid_size)
         self.scale = patch_size // output_stride
 
-    def forward(self, mask_embed: torch.Tensor, patch_tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, mask_embed: torch.Tensor, patch_tokens: torch.Tensor,
+                select: torch.Tensor | None = None) -> torch.Tensor:
+        """Mask logits [B, K, h, w]; with ``select`` ([B, k] query indices) only those
+        queries' [B, k, h, w], bit-identical to selecting from the full result."""
         # eq. (7)-(9): A = E_q X^T, one GEMM on the token sequence [B, K, D] x [B, D, N].
+        # Selection comes after this cheap GEMM, so its values do not depend on k.
         affinity = torch.bmm(mask_embed, patch_tokens.transpose(1, 2))
+        if select is not None:
+            affinity = gather_queries(affinity, select)
         # eq. (10): back to the patch grid.
         logits = affinity.unflatten(2, self.grid_size)
         # eq. (11): interpolation in logit space (K channels, not D).
@@ -67,6 +79,11 @@ class EoMTHead(nn.Module):
         num_blocks = int(math.log2(patch_size // output_stride))
         self.upscale = nn.Sequential(*[ScaleBlock(dim) for _ in range(num_blocks)])
 
-    def forward(self, mask_embed: torch.Tensor, patch_tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, mask_embed: torch.Tensor, patch_tokens: torch.Tensor,
+                select: torch.Tensor | None = None) -> torch.Tensor:
+        """Mask logits [B, K, h, w]; with ``select`` ([B, k] query indices) only those
+        queries' (the einsum at the output stride is per query, so it shrinks with k)."""
+        if select is not None:
+            mask_embed = gather_queries(mask_embed, select)
         feature_map = patch_tokens.transpose(1, 2).unflatten(2, self.grid_size)  # eq. (2)
         return torch.einsum('bkd,bdhw->bkhw', mask_embed, self.upscale(feature_map))  # eq. (5)

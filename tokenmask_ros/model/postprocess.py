@@ -119,6 +119,15 @@ class PanopticScores(NamedTuple):
     won_area: Tensor
 
 
+def query_scores(class_logits: Tensor, score_threshold: float | Tensor = SCORE_THRESHOLD
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+    """(score, class, keep) [B, K] of each query: its best class (C = no object), that
+    class's probability, and whether it is a real class scoring above the threshold."""
+    scores, classes = class_logits.softmax(-1).max(-1)
+    keep = (classes != class_logits.shape[-1] - 1) & (scores > score_threshold)
+    return scores, classes, keep
+
+
 def dense_panoptic_scores(class_logits: Tensor, mask_logits: Tensor,
                           out_size: Sequence[int] | Letterbox | None = None,
                           score_threshold: float | Tensor = SCORE_THRESHOLD,
@@ -134,9 +143,7 @@ def dense_panoptic_scores(class_logits: Tensor, mask_logits: Tensor,
     """
     mask_logits = resize_logits(mask_logits, out_size)
     num_queries = class_logits.shape[1]
-    no_object = class_logits.shape[-1] - 1
-    scores, classes = class_logits.softmax(-1).max(-1)
-    keep = (classes != no_object) & (scores > score_threshold)
+    scores, classes, keep = query_scores(class_logits, score_threshold)
     # Kept queries weigh in with score * sigmoid >= 0; the others with -1, so they never win
     # and a pixel's best value is >= 0 exactly when some query is kept.
     counts = keep[:, :, None, None]

@@ -25,6 +25,15 @@ class SegmentationOutput(NamedTuple):
     mask_logits: torch.Tensor
 
 
+class QueryFeatures(NamedTuple):
+    """The final block's prediction before the mask head: class logits [B, K, C+1], mask
+    embeddings [B, K, D] and normed patch tokens [B, N, D] (``mask_head`` makes the masks)."""
+
+    class_logits: torch.Tensor
+    mask_embed: torch.Tensor
+    patch_tokens: torch.Tensor
+
+
 class TokenMask(nn.Module):
     """ViT + queries + class head + mask MLP + one of the two mask heads."""
 
@@ -60,6 +69,20 @@ class TokenMask(nn.Module):
         Returns the final :class:`SegmentationOutput`, or with ``return_intermediate`` the
         list of L2+1 outputs (one before each query block, then the final one).
         """
+        x, outputs = self._encode(images, return_intermediate)
+        outputs.append(self._predict(x))
+        return outputs if return_intermediate else outputs[-1]
+
+    def query_features(self, images: torch.Tensor) -> QueryFeatures:
+        """The final prediction up to the mask head (inference): the deploy graph scores
+        the queries first and runs the mask head only for those that can win a pixel."""
+        x, _ = self._encode(images, False)
+        return self._query_features(x)
+
+    def _encode(self, images: torch.Tensor, return_intermediate: bool
+                ) -> tuple[torch.Tensor, list[SegmentationOutput]]:
+        """Token sequence after the last block, and the intermediate predictions made on
+        the way (before each query block, when asked for or when attention is masked)."""
         x = self._embed((images - self.pixel_mean) / self.pixel_std)
         blocks = self.backbone.blocks
         first_query_block = len(blocks) - self.num_query_blocks
@@ -77,8 +100,7 @@ class TokenMask(nn.Module):
                     attn_mask = self._attention_mask(
                         x, output.mask_logits, self.attn_mask_probs[index - first_query_block])
             x = block(x, attn_mask=attn_mask)
-        outputs.append(self._predict(x))
-        return outputs if return_intermediate else outputs[-1]
+        return x, outputs
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         backbone = self.backbone
@@ -87,13 +109,17 @@ class TokenMask(nn.Module):
         x = backbone.patch_drop(x)
         return backbone.norm_pre(x)
 
-    def _predict(self, x: torch.Tensor) -> SegmentationOutput:
-        """Class and mask logits from the current token sequence (EoMT's ``_predict``)."""
+    def _query_features(self, x: torch.Tensor) -> QueryFeatures:
         x = self.backbone.norm(x)
         queries = x[:, :self.num_queries]
         patch_tokens = x[:, self.num_queries + self.backbone.num_prefix_tokens:]
-        mask_logits = self.mask_head(self.mask_mlp(queries), patch_tokens)
-        return SegmentationOutput(self.class_head(queries), mask_logits)
+        return QueryFeatures(self.class_head(queries), self.mask_mlp(queries), patch_tokens)
+
+    def _predict(self, x: torch.Tensor) -> SegmentationOutput:
+        """Class and mask logits from the current token sequence (EoMT's ``_predict``)."""
+        features = self._query_features(x)
+        mask_logits = self.mask_head(features.mask_embed, features.patch_tokens)
+        return SegmentationOutput(features.class_logits, mask_logits)
 
     # --- training-only machinery ---------------------------------------------------
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tokenmask_ros.atomic_file import atomic_path
+from tokenmask_ros.defaults import DECODED_QUERIES
 from tokenmask_ros.model.config import TokenMaskConfig
 from tokenmask_ros.runtime.engine_cache import (
     atomic_write,
@@ -51,7 +52,7 @@ FORMAT_VERSION = '1'
 OPSETS = (18, 19, 20)  # what TensorRT 10/11 and ONNX Runtime both parse
 PROTOBUF_LIMIT = 2**31 - 1  # a single ONNX protobuf file cannot exceed 2 GiB
 RECORD_FORMAT = 'tokenmask-onnx-export'  # the checksum sidecar of a cached export
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: the graph decodes only the best queries; version-1 exports re-made
 
 log = logging.getLogger('tokenmask_ros.runtime')
 
@@ -196,8 +197,9 @@ def export_module(module: nn.Module, inputs: Sequence[Tensor], path: str | Path,
 
 
 def export_onnx(model: nn.Module, path: str | Path, *, fp16: bool = False, opset: int = 18,
-                batch: int = 1) -> Path:
-    """Export ``DeployGraph(model)`` at the model's fixed ``img_size`` to ``path``.
+                batch: int = 1, decoded_queries: int | None = DECODED_QUERIES) -> Path:
+    """Export ``DeployGraph(model, decoded_queries)`` at the model's fixed ``img_size`` to
+    ``path``.
 
     Inputs / outputs as :mod:`tokenmask_ros.runtime.graph` documents (``batch`` images per
     call, fixed). ``fp16``: the strongly typed FP16 graph of this module's doc. ``model`` is
@@ -213,7 +215,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, fp16: bool = False, opset
         model = copy.deepcopy(model).to('cpu', torch.float32)
     was_training = model.training
     try:
-        graph = DeployGraph(fp16_model(model) if fp16 else model)
+        graph = DeployGraph(fp16_model(model) if fp16 else model, decoded_queries)
         height, width = graph.input_size
         metadata = {
             'format': FORMAT,
@@ -222,6 +224,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, fp16: bool = False, opset
             'precision': 'fp16' if fp16 else 'fp32',
             'input_size': f'{height}x{width}',
             'batch': str(batch),
+            'decoded_queries': str(graph.decoded_queries),
             'opset': str(opset),
             'torch_version': torch.__version__,
         }
@@ -266,16 +269,20 @@ def parse_metadata(props: dict[str, str], path: str | Path) -> dict:
     props = check_metadata(props, path)
     try:
         height, width = (int(v) for v in props['input_size'].split('x'))
+        config = json.loads(props.get('config', '{}'))
+        # Exports made before query selection decode every query.
+        decoded = int(props.get('decoded_queries', config.get('num_queries', 0)))
         return {'format_version': props['format_version'], 'precision': props['precision'],
                 'input_size': (height, width), 'batch': int(props['batch']),
+                'decoded_queries': decoded,
                 'opset': int(props['opset']), 'torch_version': props.get('torch_version')}
-    except (KeyError, ValueError) as error:
+    except (KeyError, TypeError, ValueError) as error:
         raise ExportError(f'{path} has unusable tokenmask metadata: {error!r}') from None
 
 
 def read_onnx_metadata(path: str | Path) -> dict:
-    """``{'format_version', 'precision', 'input_size': (H, W), 'batch', 'opset',
-    'torch_version'}`` of a tokenmask export; :class:`ExportError` for any other file."""
+    """``{'format_version', 'precision', 'input_size': (H, W), 'batch', 'decoded_queries',
+    'opset', 'torch_version'}`` of a tokenmask export; :class:`ExportError` for any other file."""
     return parse_metadata(_metadata_props(path), path)
 
 

@@ -19,6 +19,13 @@ Outputs (:data:`OUTPUT_NAMES`, :class:`~tokenmask_ros.model.postprocess.Panoptic
 field order): ``segment_map`` int32 ``[B, H, W]`` (index of the winning kept query or -1),
 ``query_class`` int32 ``[B, K]``, ``query_score`` float32 ``[B, K]``, ``keep`` bool
 ``[B, K]``, ``mask_area`` int32 ``[B, K]``, ``won_area`` int32 ``[B, K]``.
+
+Only the ``decoded_queries`` best queries (kept ones first, by score) get full-resolution
+masks: a query under the threshold never wins a pixel, so decoding all K of them (200 x
+640 x 640 floats for a COCO model) was most of the call. The selection keeps query order,
+so ties break as before, and the outputs equal those of decoding every query whenever at
+most ``decoded_queries`` queries are kept (``keep.sum() > decoded_queries`` says it bound:
+the kept queries left out have ``mask_area`` and ``won_area`` 0 and are dropped).
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tokenmask_ros.model.postprocess import PanopticScores, dense_panoptic_scores
+from tokenmask_ros.defaults import DECODED_QUERIES
+from tokenmask_ros.model.heads import gather_queries
+from tokenmask_ros.model.postprocess import PanopticScores, dense_panoptic_scores, query_scores
 
 INPUT_NAMES = ('image', 'content_size', 'score_threshold')
 OUTPUT_NAMES = PanopticScores._fields
@@ -35,27 +44,59 @@ OUTPUT_NAMES = PanopticScores._fields
 
 class DeployGraph(nn.Module):
     """``model`` (a :class:`~tokenmask_ros.model.TokenMask` in eval mode) + normalisation +
-    dense panoptic decoding at the network input resolution."""
+    dense panoptic decoding at the network input resolution of at most ``decoded_queries``
+    queries (``None`` or >= K: all of them)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, decoded_queries: int | None = DECODED_QUERIES):
         super().__init__()
+        if decoded_queries is not None and decoded_queries < 1:
+            raise ValueError(f'decoded_queries must be >= 1, got {decoded_queries}')
         self.model = model.eval()
         self.input_size = tuple(int(s) for s in model.config.img_size)
+        num_queries = int(model.config.num_queries)
+        self.decoded_queries = min(decoded_queries or num_queries, num_queries)
 
     def forward(self, image: Tensor, content_size: Tensor, score_threshold: Tensor
                 ) -> PanopticScores:
         dtype = self.model.pixel_mean.dtype
-        output = self.model(image.to(dtype) / 255)
-        mask_logits = F.interpolate(output.mask_logits, size=self.input_size, mode='bilinear',
+        features = self.model.query_features(image.to(dtype) / 255)
+        class_logits = features.class_logits.float()
+        threshold = score_threshold.float()
+        scores, classes, keep = query_scores(class_logits, threshold)
+        select = None
+        if self.decoded_queries < class_logits.shape[1]:
+            # Kept queries first, best score first; then back into query order.
+            rank = torch.where(keep, scores, scores - 2.0)
+            select = rank.topk(self.decoded_queries, dim=1).indices.sort(dim=1).values
+            class_logits = gather_queries(class_logits, select)
+        mask_logits = self.model.mask_head(features.mask_embed, features.patch_tokens, select)
+        mask_logits = F.interpolate(mask_logits, size=self.input_size, mode='bilinear',
                                     align_corners=False)
         height, width = self.input_size
         content = content_size.to(torch.int32)
         rows = torch.arange(height, dtype=torch.int32, device=image.device)[:, None]
         cols = torch.arange(width, dtype=torch.int32, device=image.device)[None, :]
         valid = ((rows < content[0]) & (cols < content[1]))[None]
-        scores = dense_panoptic_scores(output.class_logits.float(), mask_logits.float(),
-                                       None, score_threshold.float(), valid)
-        return scores._replace(query_score=scores.query_score.float())
+        decoded = dense_panoptic_scores(class_logits, mask_logits.float(), None, threshold,
+                                        valid)
+        if select is not None:
+            decoded = _to_all_queries(decoded, select, scores, classes, keep)
+        return decoded._replace(query_score=decoded.query_score.float())
+
+
+def _to_all_queries(decoded: PanopticScores, select: Tensor, scores: Tensor, classes: Tensor,
+                    keep: Tensor) -> PanopticScores:
+    """Outputs over the selected queries -> over all K (query indices, per-query areas)."""
+    flat = decoded.segment_map.flatten(1)
+    winner = torch.gather(select.to(torch.int32), 1, flat.clamp(min=0).long())
+    segment_map = torch.where(flat >= 0, winner, -1).view_as(decoded.segment_map)
+
+    def spread(area: Tensor) -> Tensor:
+        return torch.zeros_like(keep, dtype=area.dtype).scatter(1, select, area)
+
+    return PanopticScores(segment_map=segment_map, query_class=classes.to(torch.int32),
+                          query_score=scores, keep=keep,
+                          mask_area=spread(decoded.mask_area), won_area=spread(decoded.won_area))
 
 
 def example_inputs(input_size: tuple[int, int], batch: int = 1,

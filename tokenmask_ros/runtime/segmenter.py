@@ -16,6 +16,7 @@ minutes); a backend built by a Segmenter that then fails to start is closed.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ from tokenmask_ros.model.postprocess import (
 )
 from tokenmask_ros.runtime.backends import Backend, create_backend
 from tokenmask_ros.runtime.preprocess import check_image, letterbox
+
+log = logging.getLogger('tokenmask_ros.runtime')
 
 
 @dataclass
@@ -112,6 +115,8 @@ class Segmenter:
         self.label_divisor = int(label_divisor)
         self.max_pixels = max_pixels
         self.last_timing = Timing()
+        #: Frames where more queries passed the score threshold than the graph decodes.
+        self.capped_frames = 0
         self._canvas: np.ndarray | None = None
         self.backend: Backend = create_backend(
             backend, model_path, device=device, precision=precision, cache_dir=cache_dir,
@@ -160,6 +165,7 @@ class Segmenter:
         prepared = time.perf_counter()
         scores = self.backend.run(canvas, content, score_threshold)
         inferred = time.perf_counter()
+        self._report_cap(scores)
         content_h, content_w = box.content_size
         segment_map = scores.segment_map[0, :content_h, :content_w]
         if segment_map.shape != image.shape[:2]:
@@ -173,6 +179,22 @@ class Segmenter:
         self.last_timing = Timing(1e3 * (prepared - start), 1e3 * (inferred - prepared),
                                   1e3 * (done - inferred))
         return prediction
+
+    def _report_cap(self, scores) -> None:
+        """Warn (on the 1st, 10th, 100th, ... such frame) when more queries passed the
+        threshold than the graph decodes: the lowest-scoring of them were dropped."""
+        cap = self.backend.decoded_queries
+        if cap is None or cap >= self.config.num_queries:
+            return
+        kept = int(np.count_nonzero(scores.keep[0]))
+        if kept <= cap:
+            return
+        self.capped_frames += 1
+        if np.log10(self.capped_frames).is_integer():
+            log.warning('%d queries passed the score threshold but the graph decodes the best '
+                        '%d; the rest were dropped (%d frame(s) so far). Raise '
+                        'score_threshold, or export with more decoded queries',
+                        kept, cap, self.capped_frames)
 
     def close(self) -> None:
         self.backend.close()

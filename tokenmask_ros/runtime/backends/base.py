@@ -16,13 +16,15 @@ class Backend(ABC):
     """A loaded model that maps a letterboxed canvas to :class:`PanopticScores` (NumPy).
 
     ``name``: 'torch' | 'onnxruntime' | 'tensorrt'; ``device``: 'cpu' | 'cuda[:N]';
-    ``precision``: 'fp32' | 'fp16'; ``input_size``: the fixed (H, W) of the canvas.
+    ``precision``: 'fp32' | 'fp16'; ``input_size``: the fixed (H, W) of the canvas;
+    ``decoded_queries``: how many queries the graph decodes (None: all of them).
     """
 
     name: str
     device: str
     precision: str
     input_size: tuple[int, int]
+    decoded_queries: int | None = None
 
     @abstractmethod
     def run(self, image: np.ndarray, content_size: np.ndarray,

@@ -85,6 +85,7 @@ class OnnxRuntimeBackend(Backend):
                              'runtime feeds one image per call (export with batch=1)')
         self.precision = metadata['precision']
         self.input_size = tuple(metadata['input_size'])
+        self.decoded_queries = metadata['decoded_queries']
         if device != 'cpu' and 'CUDAExecutionProvider' not in self.session.get_providers():
             raise BackendUnavailable('onnxruntime backend: the CUDA execution provider failed '
                                      'to load (CUDA / cuDNN libraries missing?)')

@@ -176,6 +176,7 @@ class TensorRTBackend(Backend):
         metadata = read_onnx_metadata(self.onnx_path)
         self.device = device
         self.input_size = tuple(int(s) for s in metadata['input_size'])
+        self.decoded_queries = metadata['decoded_queries']
         if int(metadata.get('batch', 1)) != 1:
             raise ValueError(f'{self.onnx_path} was exported for batch {metadata["batch"]}; '
                              'the runtime feeds one image per call (export with batch=1)')

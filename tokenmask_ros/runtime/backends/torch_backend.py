@@ -27,6 +27,7 @@ class TorchBackend(Backend):
         dtype = torch.float16 if precision == 'fp16' else torch.float32
         self.graph = DeployGraph(model.to(self._torch_device, dtype).eval())
         self.input_size = self.graph.input_size
+        self.decoded_queries = self.graph.decoded_queries
         self._forward = torch.compile(self.graph) if compile else self.graph
 
     @torch.inference_mode()
