@@ -305,11 +305,13 @@ def default_export_dir() -> Path:
 
 
 def cached_onnx(checkpoint_path: str | Path, precision: str,
-                cache_dir: str | Path | None = None, *, force: bool = False) -> Path:
+                cache_dir: str | Path | None = None, *, force: bool = False,
+                batch: int = 1) -> Path:
     """An ONNX export of ``checkpoint_path`` at ``precision`` ('fp32' | 'fp16'), from the cache.
 
     A ``.safetensors`` checkpoint is exported once to
-    ``<cache_dir>/<stem>-<sha256[:16]>-<H>x<W>-<precision>.onnx`` (the hash is over the
+    ``<cache_dir>/<stem>-<sha256[:16]>-<H>x<W>-<precision>[-b<batch>].onnx`` (``batch``
+    images per call, the suffix only above 1; the hash is over the
     checkpoint file, so a changed checkpoint gets a new file) with a ``.json`` sidecar
     holding the export's size and SHA-256, like cached engines. It is reused only while it
     matches its sidecar and is a readable export of this format version; otherwise (flipped
@@ -326,6 +328,8 @@ def cached_onnx(checkpoint_path: str | Path, precision: str,
     path = Path(checkpoint_path)
     if precision not in ('fp32', 'fp16'):
         raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f'batch must be an integer >= 1, got {batch!r}')
     if path.suffix == '.onnx':
         actual = read_onnx_metadata(path)['precision']
         if actual != precision:
@@ -337,7 +341,9 @@ def cached_onnx(checkpoint_path: str | Path, precision: str,
     config = load_config(path)
     height, width = config.img_size
     cache = Path(cache_dir) if cache_dir is not None else default_export_dir()
-    target = cache / f'{path.stem}-{file_sha256(path)[:16]}-{height}x{width}-{precision}.onnx'
+    batched = f'-b{batch}' if batch != 1 else ''  # batch-1 names as before
+    target = cache / (f'{path.stem}-{file_sha256(path)[:16]}-{height}x{width}-{precision}'
+                      f'{batched}.onnx')
     if not force and _verified_export(target, warn=True):
         return target
     prepare_cache_dir(cache)
@@ -349,7 +355,7 @@ def cached_onnx(checkpoint_path: str | Path, precision: str,
         log.info('exporting %s to %s (%s)', path.name, target, precision)
         try:
             _remove_export(target)
-            export_onnx(model, target, fp16=precision == 'fp16')
+            export_onnx(model, target, fp16=precision == 'fp16', batch=batch)
             record = {'format': RECORD_FORMAT, 'version': RECORD_VERSION,
                       'onnx_size': target.stat().st_size, 'onnx_sha256': file_sha256(target)}
             atomic_write(target.with_suffix('.json'), json.dumps(record, indent=1).encode())

@@ -11,8 +11,11 @@ Inputs (fixed shapes, batch ``B`` fixed at export):
 
 - ``image``: uint8 ``[B, 3, H, W]`` RGB, letterboxed to the model's ``img_size``
   (:func:`tokenmask_ros.runtime.preprocess.letterbox`).
-- ``content_size``: int32 ``[2]``, the (height, width) of the image content inside the
-  canvas; everything right of / below it is padding and never labelled.
+- ``content_size``: int32 ``[B, 2]``, the (height, width) of each image's content inside
+  its canvas; everything right of / below it is padding and never labelled, and a slot
+  with content ``(0, 0)`` (a batch padded up to ``B``) labels nothing. ``[2]`` (one size
+  for every image) is accepted too and is what batch-1 exports take, so exports and
+  TensorRT engines made before per-image sizes existed stay valid.
 - ``score_threshold``: float32 ``[1]``, so thresholds change at run time without a re-export.
 
 Outputs (:data:`OUTPUT_NAMES`, :class:`~tokenmask_ros.model.postprocess.PanopticScores`
@@ -73,10 +76,11 @@ class DeployGraph(nn.Module):
         mask_logits = F.interpolate(mask_logits, size=self.input_size, mode='bilinear',
                                     align_corners=False)
         height, width = self.input_size
-        content = content_size.to(torch.int32)
+        content = content_size.to(torch.int32).reshape(-1, 2)  # [1 or B, 2]
         rows = torch.arange(height, dtype=torch.int32, device=image.device)[:, None]
         cols = torch.arange(width, dtype=torch.int32, device=image.device)[None, :]
-        valid = ((rows < content[0]) & (cols < content[1]))[None]
+        valid = ((rows < content[:, 0, None, None])
+                 & (cols < content[:, 1, None, None]))  # [1 or B, H, W]
         decoded = dense_panoptic_scores(class_logits, mask_logits.float(), None, threshold,
                                         valid)
         if select is not None:
@@ -101,8 +105,11 @@ def _to_all_queries(decoded: PanopticScores, select: Tensor, scores: Tensor, cla
 
 def example_inputs(input_size: tuple[int, int], batch: int = 1,
                    device: torch.device | str = 'cpu') -> tuple[Tensor, Tensor, Tensor]:
-    """Inputs of the right dtypes and shapes (a grey canvas, full content, threshold 0.8)."""
+    """Inputs of the right dtypes and shapes (a grey canvas, full content, threshold 0.8);
+    ``content_size`` is ``[2]`` at batch 1 (the shape of every earlier export) and
+    ``[B, 2]`` (one size per image) above."""
     height, width = input_size
+    content = torch.tensor([height, width], dtype=torch.int32, device=device)
     return (torch.full((batch, 3, height, width), 128, dtype=torch.uint8, device=device),
-            torch.tensor([height, width], dtype=torch.int32, device=device),
+            content if batch == 1 else content.repeat(batch, 1),
             torch.tensor([0.8], dtype=torch.float32, device=device))

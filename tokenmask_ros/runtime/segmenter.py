@@ -9,6 +9,14 @@ Three stages, each timed (``last_timing``, milliseconds) for benchmarks and diag
    to the frame's size, and do the segment bookkeeping
    (:func:`~tokenmask_ros.model.postprocess.decode_panoptic`).
 
+:meth:`Segmenter.segment_batch` does the same for several frames (several cameras) in one
+backend call: each frame is letterboxed into its own slot of a reused ``[B, H, W, 3]``
+canvas with its own content size, so frames of different sizes share a batch. A backend
+whose batch is fixed at export (ONNX Runtime, TensorRT: ``batch`` images per call) gets
+its empty slots as content ``(0, 0)``: nothing there is decoded, but the network still
+runs on them, which costs little on a GPU (the batch runs in parallel) and about one
+frame each on a CPU. PyTorch runs the frames as they are, without padding.
+
 All backends run the same graph, so they agree up to floating-point noise. Arguments are
 checked against the model file's config before a backend is built (a TensorRT build takes
 minutes); a backend built by a Segmenter that then fails to start is closed.
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +44,7 @@ from tokenmask_ros.model.postprocess import (
     thing_flags,
 )
 from tokenmask_ros.runtime.backends import Backend, create_backend
-from tokenmask_ros.runtime.preprocess import check_image, letterbox
+from tokenmask_ros.runtime.preprocess import InputError, check_image, letterbox
 
 log = logging.getLogger('tokenmask_ros.runtime')
 
@@ -104,8 +113,10 @@ class Segmenter:
                  overlap_threshold: float = OVERLAP_THRESHOLD,
                  label_divisor: int = LABEL_DIVISOR, cache_dir: str | Path | None = None,
                  force_engine_update: bool = False, compile: bool = False,
-                 max_pixels: int | None = None):
+                 max_pixels: int | None = None, batch: int = 1):
         check_options(backend, device, precision, max_pixels)
+        if isinstance(batch, bool) or not isinstance(batch, int | np.integer) or batch < 1:
+            raise ValueError(f'batch must be an integer >= 1, got {batch!r}')
         self.config: TokenMaskConfig = model_config(model_path)  # metadata only: cheap
         check_thresholds(score_threshold, overlap_threshold, label_divisor,
                          self.config.num_queries)
@@ -117,10 +128,10 @@ class Segmenter:
         self.last_timing = Timing()
         #: Frames where more queries passed the score threshold than the graph decodes.
         self.capped_frames = 0
-        self._canvas: np.ndarray | None = None
+        self._canvas: np.ndarray | None = None  # [slots, H, W, 3], reused across calls
         self.backend: Backend = create_backend(
             backend, model_path, device=device, precision=precision, cache_dir=cache_dir,
-            force_engine_update=force_engine_update, compile=compile)
+            force_engine_update=force_engine_update, compile=compile, batch=int(batch))
         try:
             self.input_size = tuple(int(s) for s in self.backend.input_size)
             expected = tuple(int(s) for s in self.config.img_size)
@@ -155,38 +166,72 @@ class Segmenter:
 
     def __call__(self, image: np.ndarray) -> Prediction:
         """Segment one RGB ``(H, W, 3)`` uint8 frame; the result has the frame's size."""
-        start = time.perf_counter()
+        return self.segment_batch([image])[0]
+
+    def segment_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """Segment RGB ``(H, W, 3)`` uint8 frames (any sizes) in as few backend calls as the
+        backend's batch allows; one :class:`Prediction` per frame, in order, each at its
+        frame's size. Every frame is checked before anything runs, so a bad one raises
+        :class:`~tokenmask_ros.runtime.preprocess.InputError` without costing inference.
+        ``last_timing`` adds up the stages over all the calls."""
+        stages = np.zeros(3)  # seconds: preprocess, inference, postprocess
+        mark = time.perf_counter()
         score_threshold, overlap_threshold = self._thresholds  # one consistent pair
-        image = check_image(image, self.max_pixels)
-        if self._canvas is None:
-            self._canvas = np.zeros((*self.input_size, 3), np.uint8)
-        canvas, box = letterbox(image, self.input_size, out=self._canvas)
-        content = np.array(box.content_size, np.int32)
-        prepared = time.perf_counter()
-        scores = self.backend.run(canvas, content, score_threshold)
-        inferred = time.perf_counter()
-        self._report_cap(scores)
-        content_h, content_w = box.content_size
-        segment_map = scores.segment_map[0, :content_h, :content_w]
+        images = [check_image(image, self.max_pixels) for image in images]
+        if not images:
+            raise InputError('segment_batch needs at least one image')
+        slots = self.backend.batch or len(images)  # None: PyTorch runs any batch
+        predictions: list[Prediction] = []
+        for first in range(0, len(images), slots):
+            chunk = images[first:first + slots]
+            canvas = self._slots(slots)
+            # Empty slots (a fixed-batch graph with fewer frames) keep whatever pixels they
+            # hold: content (0, 0) means nothing there is labelled or counted.
+            content = np.zeros((slots, 2), np.int32)
+            for index, image in enumerate(chunk):
+                _, box = letterbox(image, self.input_size, out=canvas[index])
+                content[index] = box.content_size
+            prepared = time.perf_counter()
+            scores = self.backend.run(canvas.transpose(0, 3, 1, 2), content, score_threshold)
+            inferred = time.perf_counter()
+            predictions += [self._decode(scores, index, image, content[index],
+                                         overlap_threshold)
+                            for index, image in enumerate(chunk)]
+            finished = time.perf_counter()
+            stages += (prepared - mark, inferred - prepared, finished - inferred)
+            mark = finished
+        self.last_timing = Timing(*(1e3 * stages))
+        return predictions
+
+    def _slots(self, slots: int) -> np.ndarray:
+        """The reused ``[slots, H, W, 3]`` canvas (a new one only when ``slots`` changes)."""
+        if self._canvas is None or self._canvas.shape[0] != slots:
+            self._canvas = np.zeros((slots, *self.input_size, 3), np.uint8)
+        return self._canvas
+
+    def _decode(self, scores, index: int, image: np.ndarray, content: np.ndarray,
+                overlap_threshold: float) -> Prediction:
+        """The prediction of batch slot ``index``: crop the padding off its segment map,
+        resize it (nearest) to ``image``'s size, then the segment bookkeeping."""
+        self._report_cap(scores, index)
+        content_h, content_w = (int(v) for v in content)
+        segment_map = scores.segment_map[index, :content_h, :content_w]
         if segment_map.shape != image.shape[:2]:
             segment_map = cv2.resize(segment_map, (image.shape[1], image.shape[0]),
                                      interpolation=cv2.INTER_NEAREST)
-        scores = scores._replace(segment_map=segment_map[None])
-        prediction = decode_panoptic(scores, self.is_thing,
-                                     overlap_threshold=overlap_threshold,
-                                     label_divisor=self.label_divisor)
-        done = time.perf_counter()
-        self.last_timing = Timing(1e3 * (prepared - start), 1e3 * (inferred - prepared),
-                                  1e3 * (done - inferred))
-        return prediction
+        single = scores._replace(segment_map=segment_map[None], **{
+            name: getattr(scores, name)[index:index + 1]
+            for name in scores._fields if name != 'segment_map'})
+        return decode_panoptic(single, self.is_thing, overlap_threshold=overlap_threshold,
+                               label_divisor=self.label_divisor)
 
-    def _report_cap(self, scores) -> None:
+    def _report_cap(self, scores, index: int = 0) -> None:
         """Warn (on the 1st, 10th, 100th, ... such frame) when more queries passed the
         threshold than the graph decodes: the lowest-scoring of them were dropped."""
         cap = self.backend.decoded_queries
         if cap is None or cap >= self.config.num_queries:
             return
-        kept = int(np.count_nonzero(scores.keep[0]))
+        kept = int(np.count_nonzero(scores.keep[index]))
         if kept <= cap:
             return
         self.capped_frames += 1

@@ -38,7 +38,8 @@ def _precision(precision: str, device: str) -> str:
 
 def create_backend(name: str, model_path: str | Path, *, device: str = 'auto',
                    precision: str = 'auto', cache_dir: str | Path | None = None,
-                   force_engine_update: bool = False, compile: bool = False) -> Backend:
+                   force_engine_update: bool = False, compile: bool = False,
+                   batch: int = 1) -> Backend:
     """The backend ``name`` ('auto' = the first of :data:`AUTO_ORDER` that works here).
 
     ``model_path``: a TokenMask ``.safetensors`` checkpoint (every backend; ONNX files are
@@ -47,12 +48,15 @@ def create_backend(name: str, model_path: str | Path, *, device: str = 'auto',
     including its subclasses :class:`~tokenmask_ros.runtime.errors.CacheError` (cache folder
     unusable), :class:`~tokenmask_ros.runtime.errors.EngineBuildError` (TensorRT could not
     build) and :class:`~tokenmask_ros.runtime.errors.LoadError`. A cached ONNX export that
-    its runtime refuses to load is deleted and exported again once.
+    its runtime refuses to load is deleted and exported again once. ``batch``: images per
+    call of a checkpoint's export (ONNX Runtime, TensorRT; an ``.onnx`` file keeps its own,
+    PyTorch runs any batch).
     """
     device = resolve_device(device)
     if name == 'auto':
         options = {'device': device, 'precision': precision, 'cache_dir': cache_dir,
-                   'force_engine_update': force_engine_update, 'compile': compile}
+                   'force_engine_update': force_engine_update, 'compile': compile,
+                   'batch': batch}
         return _first_that_starts(model_path, options)
     if name not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {name!r}")
@@ -72,12 +76,13 @@ def create_backend(name: str, model_path: str | Path, *, device: str = 'auto',
         from tokenmask_ros.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         return open_cached_onnx(path, precision, cache_dir, lambda onnx_path: (
-            OnnxRuntimeBackend(onnx_path, device, cache_dir=cache_dir)))
+            OnnxRuntimeBackend(onnx_path, device, cache_dir=cache_dir)), batch=batch)
     from tokenmask_ros.runtime.backends.tensorrt_backend import TensorRTBackend
 
     TensorRTBackend.check_available(device)  # fail before spending time on an export
     return open_cached_onnx(path, precision, cache_dir, lambda onnx_path: TensorRTBackend(
-        onnx_path, device, cache_dir=cache_dir, force_rebuild=force_engine_update))
+        onnx_path, device, cache_dir=cache_dir, force_rebuild=force_engine_update),
+        batch=batch)
 
 
 def _first_that_starts(model_path: str | Path, options: dict) -> Backend:
@@ -102,7 +107,7 @@ def _first_that_starts(model_path: str | Path, options: dict) -> Backend:
 
 
 def open_cached_onnx(model_path: Path, precision: str, cache_dir: str | Path | None,
-                     open_backend: Callable[[Path], Backend]) -> Backend:
+                     open_backend: Callable[[Path], Backend], batch: int = 1) -> Backend:
     """``open_backend(onnx)`` on the cached export of ``model_path`` (:func:`cached_onnx`).
 
     An export from the cache that the runtime refuses (:class:`LoadError`: a damaged node
@@ -112,7 +117,7 @@ def open_cached_onnx(model_path: Path, precision: str, cache_dir: str | Path | N
     """
     from tokenmask_ros.runtime.export import cached_onnx
 
-    onnx_path = cached_onnx(model_path, precision, cache_dir)
+    onnx_path = cached_onnx(model_path, precision, cache_dir, batch=batch)
     if model_path.suffix == '.onnx':
         return open_backend(onnx_path)
     try:
@@ -120,7 +125,7 @@ def open_cached_onnx(model_path: Path, precision: str, cache_dir: str | Path | N
     except LoadError as error:
         log.warning('cached ONNX export %s does not load (%s); exporting it again',
                     onnx_path, error)
-    onnx_path = cached_onnx(model_path, precision, cache_dir, force=True)
+    onnx_path = cached_onnx(model_path, precision, cache_dir, force=True, batch=batch)
     try:
         return open_backend(onnx_path)
     except LoadError as error:

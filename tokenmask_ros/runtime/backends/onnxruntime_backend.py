@@ -1,5 +1,8 @@
 """ONNX Runtime backend: a tokenmask ONNX export (:mod:`..export`) on CPU or CUDA.
 
+The batch is the export's (``batch`` in its metadata): a batch-B export runs B images per
+call, each with its own content size.
+
 Precision and input size come from the file's metadata (an FP16 export runs as FP16; on
 the CPU provider ONNX Runtime computes the FP16 nodes it has no FP16 kernel for in FP32).
 Where onnxruntime has its TensorRT execution provider, that provider's engines and timing
@@ -14,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tokenmask_ros.model.postprocess import PanopticScores
-from tokenmask_ros.runtime.backends.base import Backend
+from tokenmask_ros.runtime.backends.base import Backend, fit_content_size
 from tokenmask_ros.runtime.engine_cache import cache_root, prepare_cache_dir
 from tokenmask_ros.runtime.errors import BackendUnavailable, CacheError, LoadError, one_line
 from tokenmask_ros.runtime.graph import INPUT_NAMES, OUTPUT_NAMES
@@ -80,15 +83,18 @@ class OnnxRuntimeBackend(Backend):
             raise LoadError(f'onnxruntime cannot load {self.path} ({one_line(error)}); '
                             'export it again') from None
         metadata = parse_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
-        if metadata['batch'] != 1:
-            raise ValueError(f'{self.path} was exported for batch {metadata["batch"]}; the '
-                             'runtime feeds one image per call (export with batch=1)')
+        self.batch = metadata['batch']
         self.precision = metadata['precision']
         self.input_size = tuple(metadata['input_size'])
         self.decoded_queries = metadata['decoded_queries']
         if device != 'cpu' and 'CUDAExecutionProvider' not in self.session.get_providers():
             raise BackendUnavailable('onnxruntime backend: the CUDA execution provider failed '
                                      'to load (CUDA / cuDNN libraries missing?)')
+        inputs = {i.name: i.shape for i in self.session.get_inputs()}
+        if 'content_size' not in inputs:
+            raise ValueError(f'{self.path}: no content_size input (inputs: {sorted(inputs)})')
+        # [2] in batch-1 exports, [B, 2] in batched ones (graph.py).
+        self._content_shape = tuple(inputs['content_size'])
         names = {o.name for o in self.session.get_outputs()}
         if not set(OUTPUT_NAMES) <= names:
             raise ValueError(f'{self.path}: outputs {sorted(names)} lack '
@@ -97,9 +103,10 @@ class OnnxRuntimeBackend(Backend):
 
     def run(self, image: np.ndarray, content_size: np.ndarray,
             score_threshold: float) -> PanopticScores:
+        self.check_batch(image)
         feed = dict(zip(INPUT_NAMES, (
             np.ascontiguousarray(image, dtype=np.uint8),
-            np.asarray(content_size, dtype=np.int32),
+            fit_content_size(content_size, self._content_shape),
             np.array([score_threshold], dtype=np.float32)), strict=True))
         return PanopticScores(*self.session.run(list(OUTPUT_NAMES), feed))
 

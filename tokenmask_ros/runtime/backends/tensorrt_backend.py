@@ -37,7 +37,7 @@ from typing import NamedTuple
 import numpy as np
 
 from tokenmask_ros.model.postprocess import PanopticScores
-from tokenmask_ros.runtime.backends.base import Backend
+from tokenmask_ros.runtime.backends.base import Backend, fit_content_size
 from tokenmask_ros.runtime.backends.cuda_api import (
     CudaApi,
     check_index,
@@ -177,11 +177,11 @@ class TensorRTBackend(Backend):
         self.device = device
         self.input_size = tuple(int(s) for s in metadata['input_size'])
         self.decoded_queries = metadata['decoded_queries']
-        if int(metadata.get('batch', 1)) != 1:
-            raise ValueError(f'{self.onnx_path} was exported for batch {metadata["batch"]}; '
-                             'the runtime feeds one image per call (export with batch=1)')
+        self.batch = int(metadata.get('batch', 1))
         height, width = self.input_size
-        self._static_shapes = {'image': (1, 3, height, width), 'content_size': (2,),
+        # content_size is [2] in batch-1 exports and [B, 2] in batched ones (graph.py).
+        self._static_shapes = {'image': (self.batch, 3, height, width),
+                               'content_size': (2,) if self.batch == 1 else (self.batch, 2),
                                'score_threshold': (1,)}
         plan = build_plan(trt, metadata['precision'], precision)
         self.precision = plan.precision
@@ -382,7 +382,10 @@ class TensorRTBackend(Backend):
 
     def run(self, image: np.ndarray, content_size: np.ndarray,
             score_threshold: float) -> PanopticScores:
-        values = {'image': image, 'content_size': content_size,
+        self.check_batch(image)
+        values = {'image': image,
+                  'content_size': fit_content_size(content_size,
+                                                   self._static_shapes['content_size']),
                   'score_threshold': np.array([score_threshold], np.float32)}
         with self._lock:
             if self._closed:

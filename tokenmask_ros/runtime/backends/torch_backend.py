@@ -1,4 +1,8 @@
-"""PyTorch backend: the checkpoint's model in eager mode (or torch.compile), CPU or CUDA."""
+"""PyTorch backend: the checkpoint's model in eager mode (or torch.compile), CPU or CUDA.
+
+Shapes are not fixed here, so any batch runs as it is (``batch`` None): a caller with
+fewer images than cameras never pads.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from tokenmask_ros.runtime.graph import DeployGraph
 
 class TorchBackend(Backend):
     name = 'torch'
+    batch = None  # any batch: nothing is fixed at export
 
     def __init__(self, model: torch.nn.Module, device: str = 'cpu', precision: str = 'fp32',
                  compile: bool = False):
@@ -33,6 +38,7 @@ class TorchBackend(Backend):
     @torch.inference_mode()
     def run(self, image: np.ndarray, content_size: np.ndarray,
             score_threshold: float) -> PanopticScores:
+        self.check_batch(image)
         device = self._torch_device
         pinned = device.type == 'cuda'
         inputs = (torch.from_numpy(np.ascontiguousarray(image)).to(device, non_blocking=pinned),
