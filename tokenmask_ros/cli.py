@@ -515,7 +515,9 @@ def _add_predict(subparsers) -> None:
     parser.add_argument('--backend', default='auto', choices=('auto', *BACKENDS),
                         help='inference backend (default auto: the fastest that works here)')
     parser.add_argument('--precision', default='auto', choices=PRECISIONS,
-                        help='auto: fp16 on CUDA, fp32 on CPU (default auto)')
+                        help='auto: fp16 on CUDA, fp32 on CPU; int8: a calibrated export '
+                        '(onnxruntime, openvino; default calibration: synthetic scenes) '
+                        '(default auto)')
     _threshold_options(parser)
     parser.add_argument('--max-pixels', type=int, default=MAX_IMAGE_PIXELS, metavar='N',
                         help='skip images and videos with more than N pixels (width * height),'
@@ -548,6 +550,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     Frames are synthetic scenes of each --size. Combinations that cannot run here are
     listed as skipped with the reason. Writes bench.md, bench.csv and bench.png (stacked
     stage bars) into --output-dir and prints the table.
+
+    --all instead times every backend and precision side by side in one run (torch fp32,
+    onnxruntime fp32 / int8, openvino fp32 / int8, tensorrt fp32 / fp16), alternating
+    calls on the same frames of the first --size, and reports median / p90, the ratio to
+    onnxruntime fp32 and the fraction of pixels whose panoptic id equals onnxruntime fp32's:
+    bench_all.md, bench_all.csv, bench_all.png.
     """
     if args.repeats < 1 or args.warmup < 0:
         return _error('bench', '--repeats must be >= 1 and --warmup >= 0', 2)
@@ -555,6 +563,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         model = _find_model(args.model)
     except FileNotFoundError as error:
         return _error('bench', error, 2)
+    if args.all:
+        return _bench_all(args, model)
 
     import logging
 
@@ -599,6 +609,48 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 1 if all(r.status == 'error' for r in results) else 0
 
 
+def _bench_all(args: argparse.Namespace, model: Path) -> int:
+    """``tokenmask bench --all``: :func:`~tokenmask_ros.runtime.bench.bench_side_by_side`."""
+    import logging
+
+    from tokenmask_ros.runtime import bench
+    from tokenmask_ros.runtime.segmenter import model_config
+
+    try:
+        model_config(model)
+    except (ValueError, OSError) as error:
+        return _error('bench', error, 2)
+    logging.getLogger('tokenmask_ros.runtime').setLevel(logging.WARNING)
+    size = args.size[0]
+    say = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr))
+    try:
+        rows = bench.bench_side_by_side(model, size, device=args.device, warmup=args.warmup,
+                                        repeats=args.repeats, cache_dir=args.cache_dir,
+                                        score_threshold=args.score_threshold, progress=say)
+    except ValueError as error:  # a bad --device
+        return _error('bench', error, 2)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = bench.side_by_side_table(rows)
+    command = shlex.join(['tokenmask', *args.argv])
+    note = (f'Frames: {bench.NUM_FRAMES} synthetic scenes of {size[0]}x{size[1]}. Latency: '
+            'wall clock of the whole Segmenter call, median / p90 over '
+            f'{args.repeats} calls per combination after {args.warmup} warm-up calls; each '
+            'round calls every combination once, in an order rotated every round, so load '
+            'from other processes spreads evenly. Pixels: share of pixels whose panoptic id '
+            'equals the reference\'s (first row) on the same frames.')
+    (out / 'bench_all.md').write_text(f'# tokenmask bench --all\n\n`{command.strip()}`\n\n'
+                                      f'{bench.environment(args.device)}\n\n{note}\n\n'
+                                      f'{table}\n')
+    bench.write_side_by_side_csv(out / 'bench_all.csv', rows)
+    bench.plot_side_by_side(out / 'bench_all.png', rows, title=model.name)
+    if not args.quiet:
+        print(table)
+        print(f'\nwrote {out / "bench_all.md"}, {out / "bench_all.csv"}, '
+              f'{out / "bench_all.png"}')
+    return 0 if any(r.ok for r in rows) else 1
+
+
 def _add_bench(subparsers) -> None:
     parser = subparsers.add_parser(
         'bench', help='latency, FPS and memory of the Segmenter per backend x precision x size',
@@ -608,8 +660,8 @@ def _add_bench(subparsers) -> None:
     parser.add_argument('--backends', nargs='+', default=list(BACKENDS), choices=BACKENDS,
                         metavar='NAME', help=f'from {", ".join(BACKENDS)} (default: all)')
     parser.add_argument('--precisions', nargs='+', default=['auto'], choices=PRECISIONS,
-                        metavar='P', help='fp32, fp16 or auto (fp16 on CUDA, fp32 on CPU; '
-                        'default auto)')
+                        metavar='P', help='fp32, fp16, int8 or auto (fp16 on CUDA, fp32 on '
+                        'CPU; default auto)')
     parser.add_argument('--size', nargs='+', type=parse_size, default=[(640, 480)],
                         metavar='WxH', help='frame sizes (default 640x480)')
     parser.add_argument('--warmup', type=int, default=3, help='untimed runs first (default 3)')
@@ -619,6 +671,10 @@ def _add_bench(subparsers) -> None:
     parser.add_argument('-o', '--output-dir', default='benchmark_results', metavar='DIR',
                         help='folder for bench.md, bench.csv and bench.png '
                         '(default benchmark_results, beside training/benchmark.py\'s costs.*)')
+    parser.add_argument('--all', action='store_true',
+                        help='every backend and precision side by side on the same frames '
+                        '(ignores --backends / --precisions): latency, ratio to onnxruntime '
+                        'fp32 and pixels equal to it')
     parser.add_argument('--quiet', action='store_true', help='no progress bar or table')
     parser.set_defaults(func=cmd_bench)
 
@@ -629,6 +685,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     The graph has a fixed input size (the checkpoint's, or --size WxH: the position
     embedding is resampled), normalisation and the dense decoding inside, and the model
     config in its metadata; --fp16 writes a strongly typed FP16 graph with FP32 islands.
+    --int8 writes a calibrated INT8 (QDQ) graph for onnxruntime and openvino: the layers with
+    weights in int8, attention softmax, LayerNorm and the decoding in float; calibrated on
+    --calibration DIR (images like the robot's camera sees, letterboxed as at run time) or
+    --synthetic N synthetic scenes (only for models trained on them).
     """
     try:
         checkpoint = _find_model(args.checkpoint, 'checkpoint')
@@ -638,8 +698,18 @@ def cmd_export(args: argparse.Namespace) -> int:
         return _error('export', f'--size {args.size[0]}x{args.size[1]}: width and height '
                       'must be multiples of 16 (the patch size), e.g. 640x480', 2)
     img_size = None if args.size is None else (args.size[1], args.size[0])  # (H, W)
+    calibration = args.calibration if args.synthetic is None else f'synthetic:{args.synthetic}'
+    if args.int8 and calibration is None:
+        return _error('export', '--int8 needs --calibration DIR (images like the '
+                      "robot's) or --synthetic N (synthetic scenes)", 2)
+    if not args.int8 and calibration is not None:
+        return _error('export', '--calibration and --synthetic only apply to --int8', 2)
+    if args.int8 and args.fp16:
+        return _error('export', '--int8 and --fp16 exclude each other: int8 is quantized '
+                      'from the fp32 graph', 2)
     from tokenmask_ros.model import CheckpointError, build_model, load_checkpoint
     from tokenmask_ros.model.backbone import fit_position_embedding
+    from tokenmask_ros.runtime.errors import BackendUnavailable
     from tokenmask_ros.runtime.export import ExportError, export_onnx
 
     try:
@@ -649,13 +719,32 @@ def cmd_export(args: argparse.Namespace) -> int:
             state = fit_position_embedding(model.state_dict(), model.config, config, crop=False)
             model = build_model(config)
             model.load_state_dict(state)
-        path = export_onnx(model.eval(), args.output, fp16=args.fp16, opset=args.opset)
-    except (CheckpointError, ExportError, ValueError, OSError) as error:
+        if args.int8:
+            path = _export_int8(model.eval(), Path(args.output), args.opset, calibration)
+        else:
+            path = export_onnx(model.eval(), args.output, fp16=args.fp16, opset=args.opset)
+    except (CheckpointError, ExportError, ValueError, OSError, BackendUnavailable) as error:
         return _error('export', error, 1)
     height, width = model.config.img_size
-    print(f'exported {checkpoint.name} ({"fp16" if args.fp16 else "fp32"}, input {width}x'
+    precision = 'int8' if args.int8 else 'fp16' if args.fp16 else 'fp32'
+    print(f'exported {checkpoint.name} ({precision}, input {width}x'
           f'{height}, opset {args.opset}) to {path} ({path.stat().st_size / 2**20:.1f} MB)')
     return 0
+
+
+def _export_int8(model, output: Path, opset: int, calibration: str) -> Path:
+    """The fp32 export of ``model`` beside ``output`` (a temp file), quantized into
+    ``output``; the calibration source is checked before the export."""
+    import tempfile
+
+    from tokenmask_ros.runtime.export import export_onnx
+    from tokenmask_ros.runtime.quantize import calibration_key, quantize_int8
+
+    calibration_key(calibration)  # CalibrationError (a ValueError) for a bad source
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix='.tokenmask-export-') as tmp:
+        fp32 = export_onnx(model, Path(tmp) / 'fp32.onnx', opset=opset)
+        return quantize_int8(fp32, output, calibration)
 
 
 def _add_export(subparsers) -> None:
@@ -668,6 +757,16 @@ def _add_export(subparsers) -> None:
                         help='ONNX file to write (replaced atomically if it exists)')
     parser.add_argument('--fp16', action='store_true',
                         help='strongly typed FP16 graph (for TensorRT / GPUs)')
+    parser.add_argument('--int8', action='store_true',
+                        help='calibrated INT8 (QDQ) graph for onnxruntime / openvino on CPUs; '
+                        'needs --calibration or --synthetic')
+    calibration = parser.add_mutually_exclusive_group()
+    calibration.add_argument('--calibration', metavar='DIR',
+                             help='with --int8: folder of calibration images (a few hundred '
+                             "frames like the robot's camera sees)")
+    calibration.add_argument('--synthetic', type=int, metavar='N',
+                             help='with --int8: calibrate on N synthetic scenes (for models '
+                             'trained on them, such as the bundled one)')
     parser.add_argument('--size', type=parse_size, metavar='WxH',
                         help='network input WIDTHxHEIGHT, multiples of 16, e.g. 640x480 '
                         "(default: the checkpoint's)")

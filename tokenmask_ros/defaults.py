@@ -24,11 +24,13 @@ MAX_IMAGE_PIXELS = 16_777_216
 #: threshold, which covers typical scenes; more are reported and the lowest-scoring dropped.
 DECODED_QUERIES = 64
 
-#: Inference backends, and the order ``auto`` tries them in.
-BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
-AUTO_ORDER = ('tensorrt', 'onnxruntime', 'torch')
-#: Numeric precisions; ``auto`` = fp16 on a GPU, fp32 on the CPU.
-PRECISIONS = ('auto', 'fp32', 'fp16')
+#: Inference backends, and the order ``auto`` tries them in (openvino only on x86-64 CPUs,
+#: where it was measured at least as fast as onnxruntime: docs/backends.md).
+BACKENDS = ('torch', 'onnxruntime', 'openvino', 'tensorrt')
+AUTO_ORDER = ('tensorrt', 'openvino', 'onnxruntime', 'torch')
+#: Numeric precisions; ``auto`` = fp16 on a GPU, fp32 on the CPU (never int8: a calibrated
+#: ONNX export for onnxruntime / openvino, asked for explicitly).
+PRECISIONS = ('auto', 'fp32', 'fp16', 'int8')
 
 #: Tracking: frames a thing track survives unseen (occlusion, a missed detection) before its
 #: number may be reused, and the least (motion-compensated) mask IoU of a frame-to-frame match.

@@ -329,7 +329,7 @@ def environment(device: str = 'auto') -> str:
     if device != 'cpu' and torch.cuda.is_available():
         parts.append(torch.cuda.get_device_name())
     parts.append(f'torch {torch.__version__} ({torch.get_num_threads()} threads)')
-    for module in ('onnxruntime', 'tensorrt'):
+    for module in ('onnxruntime', 'openvino', 'tensorrt'):
         with contextlib.suppress(ImportError):
             parts.append(f'{module} {importlib.import_module(module).__version__}')
     parts.append(f'python {platform.python_version()}')
@@ -404,6 +404,183 @@ def plot_stages(path: str | Path, results: Sequence[BenchResult], title: str = '
                    'median of the whole call)'
                    + (f'; {skipped} combination(s) skipped, see bench.md' if skipped else ''),
                    fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return Path(path)
+
+
+# --------------------------------------------------------------------------- side by side
+
+#: What ``tokenmask bench --all`` compares, in table order; the first is the reference of
+#: the ratio and agreement columns. A combination that cannot run here becomes a skipped row.
+ALL_COMBINATIONS = (('onnxruntime', 'fp32'), ('torch', 'fp32'), ('onnxruntime', 'int8'),
+                    ('openvino', 'fp32'), ('openvino', 'int8'), ('tensorrt', 'fp32'),
+                    ('tensorrt', 'fp16'))
+REFERENCE = ALL_COMBINATIONS[0]
+SIDE_BY_SIDE_COLUMNS = ('backend', 'precision', 'device', 'status', 'reason', 'describe',
+                        'median_ms', 'p90_ms', 'ratio_to_reference', 'pixel_agreement',
+                        'repeats', 'width', 'height')
+
+
+@dataclass
+class SideBySideRow:
+    """One combination of :func:`bench_side_by_side`: whole-call latency (ms), its median's
+    ratio to the reference's (ONNX Runtime fp32) and the fraction of pixels whose panoptic id
+    equals the reference's on the same frames."""
+
+    backend: str
+    precision: str
+    device: str
+    width: int
+    height: int
+    status: str = 'ok'
+    reason: str = ''
+    describe: str = ''
+    median_ms: float | None = None
+    p90_ms: float | None = None
+    ratio_to_reference: float | None = None
+    pixel_agreement: float | None = None
+    repeats: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 'ok'
+
+
+def bench_side_by_side(model_path: str | Path, size: tuple[int, int], *, device: str = 'auto',
+                       warmup: int = 2, repeats: int = 20,
+                       combinations: Sequence[tuple[str, str]] = ALL_COMBINATIONS,
+                       cache_dir=None, frames: Sequence[np.ndarray] | None = None,
+                       progress=None, **segmenter_options) -> list[SideBySideRow]:
+    """Time every (backend, precision) of ``combinations`` on the same frames in one run.
+
+    All Segmenters are built first; then each round times one call of each, in an order
+    rotated every round, so a load change on a shared machine (another process, thermal
+    throttling) hits every combination alike instead of whichever ran during it. Before
+    timing, each one segments every frame once untimed, and its panoptic ids are compared
+    pixel by pixel with the first combination's (the reference). ``size``: (width, height)
+    of the frames (default: synthetic scenes). Combinations that cannot run here are
+    ``skipped`` rows with their reason; this function does not raise for them.
+    ``progress``: called with a short text as each stage is done.
+    """
+    from tokenmask_ros.runtime.backends import resolve_device
+    from tokenmask_ros.runtime.segmenter import Segmenter
+
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f'need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}')
+    width, height = size
+    frames = list(frames) if frames is not None else synthetic_frames(width, height)
+    device = resolve_device(device)
+    rows, segmenters = [], []
+    try:
+        for backend, precision in combinations:
+            row = SideBySideRow(backend, precision, device, width, height, repeats=repeats)
+            rows.append(row)
+            try:
+                segmenter = Segmenter(model_path, backend, device, precision,
+                                      cache_dir=cache_dir, **segmenter_options)
+            except (BackendUnavailable, ImportError) as error:
+                row.status, row.reason = 'skipped', _reason(error)
+            except Exception as error:  # one failing combination must not end a run
+                row.status, row.reason = 'error', f'{type(error).__name__}: {_reason(error)}'
+            else:
+                segmenters.append((row, segmenter))
+                row.describe = segmenter.backend.describe()
+            if progress is not None:
+                progress(f'{backend} {precision}: {row.status}')
+        reference = None
+        for row, segmenter in segmenters:
+            panoptic = [segmenter(frame).panoptic for frame in frames]
+            if (row.backend, row.precision) == tuple(combinations[0]):
+                reference = panoptic
+            if reference is not None:
+                equal = sum(int((a == b).sum()) for a, b in zip(panoptic, reference, strict=True))
+                row.pixel_agreement = equal / sum(p.size for p in reference)
+            for index in range(warmup):
+                segmenter(frames[index % len(frames)])
+        samples = {id(row): [] for row, _ in segmenters}
+        for index in range(repeats):
+            frame = frames[index % len(frames)]
+            shift = index % max(len(segmenters), 1)
+            for row, segmenter in segmenters[shift:] + segmenters[:shift]:
+                start = time.perf_counter()
+                segmenter(frame)
+                samples[id(row)].append(1e3 * (time.perf_counter() - start))
+        for row, _ in segmenters:
+            stats = LatencyStats.of(samples[id(row)])
+            row.median_ms, row.p90_ms = stats.median, stats.p90
+        base = rows[0].median_ms if rows and rows[0].ok else None
+        for row in rows:
+            if base and row.median_ms is not None:
+                row.ratio_to_reference = row.median_ms / base
+    finally:
+        for _, segmenter in segmenters:
+            segmenter.close()
+    return rows
+
+
+def _cell(value: float | None, digits: int = 1, suffix: str = '') -> str:
+    return '–' if value is None else f'{value:.{digits}f}{suffix}'
+
+
+def side_by_side_table(rows: Sequence[SideBySideRow]) -> str:
+    """Markdown: one row per combination, skipped ones with their reason."""
+    reference = f'{rows[0].backend} {rows[0].precision}' if rows else 'reference'
+    lines = [f'| Backend | Precision | Device | Median (ms) | p90 (ms) | x {reference} | '
+             f'Pixels = {reference} | Notes |', '|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        agreement = None if r.pixel_agreement is None else 100 * r.pixel_agreement
+        notes = r.describe if r.ok else f'{r.status}: {r.reason}'
+        lines.append('| ' + ' | '.join((
+            r.backend, r.precision, r.device, _cell(r.median_ms), _cell(r.p90_ms),
+            _cell(r.ratio_to_reference, 2), _cell(agreement, 2, ' %'),
+            notes.replace('|', '/'))) + ' |')
+    return '\n'.join(lines)
+
+
+def write_side_by_side_csv(path: str | Path, rows: Sequence[SideBySideRow]) -> Path:
+    path = Path(path)
+    with path.open('w', newline='') as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(SIDE_BY_SIDE_COLUMNS))
+        writer.writeheader()
+        for row in rows:
+            values = {name: getattr(row, name) for name in SIDE_BY_SIDE_COLUMNS}
+            writer.writerow({k: ('' if v is None else f'{v:.6g}' if isinstance(v, float) else v)
+                             for k, v in values.items()})
+    return path
+
+
+def plot_side_by_side(path: str | Path, rows: Sequence[SideBySideRow], title: str = '') -> Path:
+    """Bars of the median latency (whiskers up to p90), labelled with the ratio to the
+    reference and the pixel agreement."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r.ok]
+    figure, axis = plt.subplots(figsize=(max(5.0, 1.2 * len(done) + 2), 4.5))
+    if done:
+        x = np.arange(len(done))
+        medians = np.array([r.median_ms for r in done])
+        spread = np.array([r.p90_ms - r.median_ms for r in done])
+        axis.bar(x, medians, 0.6, color='tab:blue', edgecolor='black', linewidth=0.5,
+                 yerr=[np.zeros_like(spread), spread], capsize=3)
+        for xi, r in zip(x, done, strict=True):
+            agreement = '' if r.pixel_agreement is None else f'\n{100 * r.pixel_agreement:.1f} %'
+            axis.text(xi, r.p90_ms, f'{_cell(r.ratio_to_reference, 2)}x{agreement}',
+                      ha='center', va='bottom', fontsize=7)
+        axis.set_xticks(x, [f'{r.backend}\n{r.precision}' for r in done], fontsize=8)
+        axis.set_ylabel('median latency per frame (ms), whisker: p90')
+        axis.set_ylim(0, 1.25 * max(r.p90_ms for r in done))
+    else:
+        axis.text(0.5, 0.5, 'no combination could run here', ha='center', va='center')
+        axis.set_axis_off()
+    skipped = len(rows) - len(done)
+    axis.set_title((title + '\n' if title else '') + 'Backends side by side (label: ratio '
+                   'to the reference, pixels equal to it)'
+                   + (f'; {skipped} skipped, see bench_all.md' if skipped else ''), fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -306,8 +306,9 @@ def default_export_dir() -> Path:
 
 def cached_onnx(checkpoint_path: str | Path, precision: str,
                 cache_dir: str | Path | None = None, *, force: bool = False,
-                batch: int = 1) -> Path:
-    """An ONNX export of ``checkpoint_path`` at ``precision`` ('fp32' | 'fp16'), from the cache.
+                batch: int = 1, calibration: str | Path | int | None = None) -> Path:
+    """An ONNX export of ``checkpoint_path`` at ``precision`` ('fp32' | 'fp16' | 'int8'), from
+    the cache.
 
     A ``.safetensors`` checkpoint is exported once to
     ``<cache_dir>/<stem>-<sha256[:16]>-<H>x<W>-<precision>[-b<batch>].onnx`` (``batch``
@@ -321,13 +322,24 @@ def cached_onnx(checkpoint_path: str | Path, precision: str,
     :func:`default_export_dir`; one that cannot be written raises
     :class:`~tokenmask_ros.runtime.errors.CacheError`.
 
+    ``int8``: the calibrated QDQ quantization (:func:`~tokenmask_ros.runtime.quantize.
+    quantize_int8`) of the cached fp32 export, named
+    ``<stem>-<sha256[:16]>-<H>x<W>-int8-<calibration key>[-b<batch>].onnx`` (e.g.
+    ``...-int8-synthetic32.onnx``, ``...-int8-images-<sha256[:12]>.onnx``: see
+    :func:`~tokenmask_ros.runtime.quantize.calibration_key`), so exports calibrated on
+    different data never replace each other or an fp32 one. ``calibration``: a folder of
+    images, ``'synthetic:N'`` or N, default
+    :data:`~tokenmask_ros.runtime.quantize.DEFAULT_CALIBRATION`; int8 only.
+
     An ``.onnx`` path is returned as it is, after checking it is a tokenmask export: its
     precision is fixed in the graph and wins. Callers resolve 'auto' before asking, so a
     different ``precision`` is only logged as a warning, not an error.
     """
     path = Path(checkpoint_path)
-    if precision not in ('fp32', 'fp16'):
-        raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+    if precision not in ('fp32', 'fp16', 'int8'):
+        raise ValueError(f"precision must be 'fp32', 'fp16' or 'int8', got {precision!r}")
+    if calibration is not None and precision != 'int8':
+        raise ValueError(f'a calibration source only applies to int8 exports, not {precision}')
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f'batch must be an integer >= 1, got {batch!r}')
     if path.suffix == '.onnx':
@@ -342,7 +354,14 @@ def cached_onnx(checkpoint_path: str | Path, precision: str,
     height, width = config.img_size
     cache = Path(cache_dir) if cache_dir is not None else default_export_dir()
     batched = f'-b{batch}' if batch != 1 else ''  # batch-1 names as before
-    target = cache / (f'{path.stem}-{file_sha256(path)[:16]}-{height}x{width}-{precision}'
+    tag = precision
+    if precision == 'int8':
+        from tokenmask_ros.runtime.quantize import DEFAULT_CALIBRATION, calibration_key
+
+        if calibration is None:
+            calibration = DEFAULT_CALIBRATION
+        tag = f'int8-{calibration_key(calibration)}'
+    target = cache / (f'{path.stem}-{file_sha256(path)[:16]}-{height}x{width}-{tag}'
                       f'{batched}.onnx')
     if not force and _verified_export(target, warn=True):
         return target
@@ -351,11 +370,20 @@ def cached_onnx(checkpoint_path: str | Path, precision: str,
                    f'waiting for another process exporting {target.name}'):
         if not force and _verified_export(target, warn=False):  # exported meanwhile
             return target
-        model = load_checkpoint(path)
-        log.info('exporting %s to %s (%s)', path.name, target, precision)
+        if precision == 'int8':  # quantized from the (cached) fp32 export
+            from tokenmask_ros.runtime.quantize import quantize_int8
+
+            fp32 = cached_onnx(path, 'fp32', cache, batch=batch)
+        else:
+            model = load_checkpoint(path)
+        log.info('exporting %s to %s (%s%s)', path.name, target, precision,
+                 f', calibrated on {calibration}' if precision == 'int8' else '')
         try:
             _remove_export(target)
-            export_onnx(model, target, fp16=precision == 'fp16', batch=batch)
+            if precision == 'int8':
+                quantize_int8(fp32, target, calibration)
+            else:
+                export_onnx(model, target, fp16=precision == 'fp16', batch=batch)
             record = {'format': RECORD_FORMAT, 'version': RECORD_VERSION,
                       'onnx_size': target.stat().st_size, 'onnx_sha256': file_sha256(target)}
             atomic_write(target.with_suffix('.json'), json.dumps(record, indent=1).encode())

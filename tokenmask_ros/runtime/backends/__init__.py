@@ -1,9 +1,15 @@
-"""Backend selection. Optional dependencies (onnxruntime, tensorrt, pycuda) are imported
-only when their backend is asked for, so this package imports on any machine."""
+"""Backend selection. Optional dependencies (onnxruntime, openvino, tensorrt, pycuda) are
+imported only when their backend is asked for, so this package imports on any machine.
+
+``auto`` tries :data:`AUTO_ORDER` (TensorRT, OpenVINO, ONNX Runtime, PyTorch) and logs why it
+skips each one. OpenVINO comes before ONNX Runtime only where it was measured to be at least
+as fast with equal outputs: on x86-64 CPUs (:func:`~.openvino_backend.auto_skip_reason`,
+``docs/backends.md``)."""
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,21 +23,29 @@ __all__ = ['AUTO_ORDER', 'BACKENDS', 'Backend', 'BackendUnavailable', 'create_ba
            'open_cached_onnx', 'resolve_device']
 
 
+#: OpenVINO's accelerator names (Intel GPUs, NPUs), accepted in any case; openvino only.
+OPENVINO_DEVICE = re.compile(r'^(GPU(\.\d+)?|NPU)$', re.IGNORECASE)
+
+
 def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; other values are checked."""
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; other values are checked.
+    OpenVINO's 'GPU', 'GPU.N' and 'NPU' (Intel accelerators) come back upper-case."""
+    if isinstance(device, str) and OPENVINO_DEVICE.match(device):
+        return device.upper()
     import torch
 
     if device == 'auto':
         return 'cuda' if torch.cuda.is_available() else 'cpu'
     if device != 'cpu' and not device.startswith('cuda'):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or, for openvino, "
+                         f"'GPU', 'GPU.N' or 'NPU', got {device!r}")
     return device
 
 
 def _precision(precision: str, device: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
-    if precision == 'auto':
+    if precision == 'auto':  # never int8: its accuracy change must be asked for
         return 'fp16' if device.startswith('cuda') else 'fp32'
     return precision
 
@@ -39,7 +53,7 @@ def _precision(precision: str, device: str) -> str:
 def create_backend(name: str, model_path: str | Path, *, device: str = 'auto',
                    precision: str = 'auto', cache_dir: str | Path | None = None,
                    force_engine_update: bool = False, compile: bool = False,
-                   batch: int = 1) -> Backend:
+                   batch: int = 1, calibration: str | Path | int | None = None) -> Backend:
     """The backend ``name`` ('auto' = the first of :data:`AUTO_ORDER` that works here).
 
     ``model_path``: a TokenMask ``.safetensors`` checkpoint (every backend; ONNX files are
@@ -50,20 +64,30 @@ def create_backend(name: str, model_path: str | Path, *, device: str = 'auto',
     build) and :class:`~tokenmask_ros.runtime.errors.LoadError`. A cached ONNX export that
     its runtime refuses to load is deleted and exported again once. ``batch``: images per
     call of a checkpoint's export (ONNX Runtime, TensorRT; an ``.onnx`` file keeps its own,
-    PyTorch runs any batch).
+    PyTorch runs any batch). ``precision='int8'``: a calibrated QDQ export (onnxruntime,
+    openvino; :mod:`~tokenmask_ros.runtime.quantize`) calibrated on ``calibration`` (a folder
+    of images or ``'synthetic:N'``; default synthetic scenes), or an int8 ``.onnx`` file.
     """
     device = resolve_device(device)
     if name == 'auto':
         options = {'device': device, 'precision': precision, 'cache_dir': cache_dir,
                    'force_engine_update': force_engine_update, 'compile': compile,
-                   'batch': batch}
+                   'batch': batch, 'calibration': calibration}
         return _first_that_starts(model_path, options)
     if name not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {name!r}")
     precision = _precision(precision, device)
+    if precision != 'int8':
+        calibration = None  # only int8 exports are calibrated
     path = Path(model_path)
     if not path.is_file():
         raise FileNotFoundError(f'model file not found: {path}')
+    if OPENVINO_DEVICE.match(device) and name != 'openvino':
+        raise BackendUnavailable(f'{name} backend: {device} is an OpenVINO device name; only '
+                                 'the openvino backend runs on it')
+    if precision == 'int8' and name in ('torch', 'tensorrt'):
+        raise BackendUnavailable(f'{name} backend: int8 runs as a calibrated ONNX export on the '
+                                 'onnxruntime and openvino backends only')
     if name == 'torch':
         if path.suffix == '.onnx':
             raise BackendUnavailable('the torch backend needs a .safetensors checkpoint, '
@@ -76,7 +100,15 @@ def create_backend(name: str, model_path: str | Path, *, device: str = 'auto',
         from tokenmask_ros.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         return open_cached_onnx(path, precision, cache_dir, lambda onnx_path: (
-            OnnxRuntimeBackend(onnx_path, device, cache_dir=cache_dir)), batch=batch)
+            OnnxRuntimeBackend(onnx_path, device, cache_dir=cache_dir)), batch=batch,
+            calibration=calibration)
+    if name == 'openvino':
+        from tokenmask_ros.runtime.backends.openvino_backend import OpenVINOBackend
+
+        OpenVINOBackend.check_available(device)  # fail before spending time on an export
+        return open_cached_onnx(path, precision, cache_dir, lambda onnx_path: (
+            OpenVINOBackend(onnx_path, device, cache_dir=cache_dir)), batch=batch,
+            calibration=calibration)
     from tokenmask_ros.runtime.backends.tensorrt_backend import TensorRTBackend
 
     TensorRTBackend.check_available(device)  # fail before spending time on an export
@@ -90,6 +122,14 @@ def _first_that_starts(model_path: str | Path, options: dict) -> Backend:
     its reason (a warning when it is installed but failed: cache, engine build, memory)."""
     reasons = []
     for candidate in AUTO_ORDER:
+        if candidate == 'openvino':
+            from tokenmask_ros.runtime.backends.openvino_backend import auto_skip_reason
+
+            skip = auto_skip_reason(options['device'])
+            if skip is not None:
+                log.info('backend auto: not trying openvino (%s)', skip)
+                reasons.append(f'openvino: {skip}')
+                continue
         try:
             backend = create_backend(candidate, model_path, **options)
         except (BackendUnavailable, RuntimeError) as error:  # RuntimeError: CUDA OOM, drivers
@@ -107,7 +147,8 @@ def _first_that_starts(model_path: str | Path, options: dict) -> Backend:
 
 
 def open_cached_onnx(model_path: Path, precision: str, cache_dir: str | Path | None,
-                     open_backend: Callable[[Path], Backend], batch: int = 1) -> Backend:
+                     open_backend: Callable[[Path], Backend], batch: int = 1,
+                     calibration: str | Path | int | None = None) -> Backend:
     """``open_backend(onnx)`` on the cached export of ``model_path`` (:func:`cached_onnx`).
 
     An export from the cache that the runtime refuses (:class:`LoadError`: a damaged node
@@ -117,7 +158,8 @@ def open_cached_onnx(model_path: Path, precision: str, cache_dir: str | Path | N
     """
     from tokenmask_ros.runtime.export import cached_onnx
 
-    onnx_path = cached_onnx(model_path, precision, cache_dir, batch=batch)
+    onnx_path = cached_onnx(model_path, precision, cache_dir, batch=batch,
+                            calibration=calibration)
     if model_path.suffix == '.onnx':
         return open_backend(onnx_path)
     try:
@@ -125,7 +167,8 @@ def open_cached_onnx(model_path: Path, precision: str, cache_dir: str | Path | N
     except LoadError as error:
         log.warning('cached ONNX export %s does not load (%s); exporting it again',
                     onnx_path, error)
-    onnx_path = cached_onnx(model_path, precision, cache_dir, force=True, batch=batch)
+    onnx_path = cached_onnx(model_path, precision, cache_dir, force=True, batch=batch,
+                            calibration=calibration)
     try:
         return open_backend(onnx_path)
     except LoadError as error:
