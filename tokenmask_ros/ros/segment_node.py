@@ -28,6 +28,15 @@ Hostile input is refused cheaply: a compressed frame's declared size is checked 
 is decoded, bad frames are logged at most once per kind of fault per period (the kinds are
 a fixed set, never sender text), and SIGINT, SIGTERM and SIGHUP all shut down cleanly.
 
+Several cameras, one model: with ``images`` (a list of image topics) the node subscribes
+every camera, batches the newest waiting frame of each camera that has one into one backend
+call (:meth:`~tokenmask_ros.runtime.Segmenter.segment_batch`, an export of batch = number of
+cameras) and answers each camera on its own outputs ``~/<camera>/panoptic``, ...,
+each with that camera's header. The worker never waits for a camera: it takes what is
+there, so a camera that stops only leaves its slot empty. Each camera has its own tracker;
+frames of any size are letterboxed into their own slot (``docs/node.md``); 3D from depth
+stays single-camera.
+
 With the parameter ``lifecycle`` true the node is a managed (lifecycle) node: it starts
 unconfigured, and the standard ``~/change_state`` service drives it: configure loads the
 model and starts the worker, activate subscribes and lets outputs out, deactivate
@@ -57,10 +66,12 @@ from rcl_interfaces.msg import (
 )
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleNodeMixin, LifecycleState
 from rclpy.lifecycle import TransitionCallbackReturn as Transition
 from rclpy.node import Node
+from rclpy.parameter import Parameter as RclpyParameter
 from rclpy.qos import QoSPolicyKind, qos_policy_name_from_kind, qos_profile_sensor_data
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
@@ -106,6 +117,7 @@ from tokenmask_ros.tracking import PanopticTracker
 
 TRANSPORTS = ('raw', 'compressed')
 OUTPUT_DEPTH = 5           # reliable outputs: a few frames of headroom for slow readers
+BATCH_MAX_DELAY = 0.01    # s: cameras triggered together share a batch; DDS jitter is ~1 ms
 ERROR_LOG_PERIOD_S = 10.0  # one log line per kind of fault in this period
 ERROR_LOG_KINDS = 64       # rate-limiter table bound (the kinds are a fixed set; a backstop)
 LOG_TEXT_LIMIT = 1000      # characters of one error log line
@@ -184,6 +196,13 @@ PARAMETERS: dict[str, Param] = {
                        _float_range(0.0, 1000.0)),
     'depth_max': Param(DEPTH_MAX, 'farther depths (m) are ignored; above depth_min', True,
                        _float_range(0.0, 1000.0)),
+    'batch_max_delay': Param(BATCH_MAX_DELAY, 'with images: seconds the worker waits, once a '
+                             'frame is in, for the other cameras (those that sent within the '
+                             'last second) before it segments without them', True,
+                             _float_range(0.0, 1.0)),
+    'images': Param([], 'image topics of several cameras segmented by one model in batches '
+                    '(outputs under ~/<camera>/, camera = the topic without its image_raw-like '
+                    'ending); [] = the one topic "image" (restart the node to change)'),
     'lifecycle': Param(False, 'true = a managed (lifecycle) node that starts unconfigured and '
                        'waits for ~/change_state; false = configure and activate at start '
                        '(restart the node to change)'),
@@ -194,40 +213,136 @@ RESTART_ONLY = frozenset(name for name, p in PARAMETERS.items()
 
 # --- plain helpers (no ROS) ----------------------------------------------------------
 
-class LatestFrameSlot:
-    """A one-frame mailbox between the subscription callback and the worker thread."""
+LIVE_CAMERA_S = 1.0  # a camera that sent within this long is waited for (batch_max_delay)
 
-    def __init__(self):
+
+class LatestFrames:
+    """Newest-frame-wins mailboxes, one per camera, and one worker that takes them together.
+
+    ``put`` replaces a camera's waiting frame (a drop); ``take_all`` waits until any camera
+    has a frame and then takes every waiting one at once, so the worker batches the cameras
+    that have something new and never waits for one that stopped.
+    """
+
+    def __init__(self, count: int = 1, clock=time.monotonic):
         self._condition = threading.Condition()
-        self._item = None
+        self._items: list = [None] * count
+        self._last_put = [-float('inf')] * count
+        self._clock = clock
         self._closed = False
 
-    def put(self, item) -> bool:
-        """Store ``item``; True when it replaced a frame that was never taken (a drop)."""
+    def put(self, index: int, item) -> bool:
+        """Store ``item`` for camera ``index``; True when it replaced a frame never taken."""
         with self._condition:
-            replaced = self._item is not None
-            self._item = item
+            replaced = self._items[index] is not None
+            self._items[index] = item
+            self._last_put[index] = self._clock()
             self._condition.notify()
             return replaced
 
-    def take(self, timeout: float | None = None):
-        """The newest item (removing it); None once closed or after ``timeout``."""
+    def take_all(self, timeout: float | None = None,
+                 gather_s: float = 0.0) -> list[tuple[int, Any]] | None:
+        """``[(camera index, item), ...]`` of every waiting frame, removing them; ``[]``
+        after ``timeout`` with nothing waiting; None once closed.
+
+        ``gather_s``: once a frame is in, wait up to this long for the other *live* cameras
+        (a frame within the last :data:`LIVE_CAMERA_S`), so frames of cameras triggered
+        together share a batch instead of the first one running alone; a camera that
+        stopped is not live and is never waited for.
+        """
         with self._condition:
-            self._condition.wait_for(lambda: self._item is not None or self._closed, timeout)
+            self._condition.wait_for(
+                lambda: self._closed or any(i is not None for i in self._items), timeout)
+            if gather_s > 0 and not self._closed:
+                now = self._clock()
+                live = [i for i, last in enumerate(self._last_put) if now - last < LIVE_CAMERA_S]
+                self._condition.wait_for(lambda: self._closed or all(
+                    self._items[i] is not None for i in live), gather_s)
             if self._closed:
                 return None
-            item, self._item = self._item, None
-            return item
+            taken = [(index, item) for index, item in enumerate(self._items)
+                     if item is not None]
+            self._items = [None] * len(self._items)
+            return taken
 
     @property
     def empty(self) -> bool:
         with self._condition:
-            return self._item is None
+            return all(item is None for item in self._items)
 
     def close(self) -> None:
         with self._condition:
             self._closed = True
             self._condition.notify_all()
+
+
+class LatestFrameSlot:
+    """A one-frame mailbox: :class:`LatestFrames` of a single camera."""
+
+    def __init__(self):
+        self._frames = LatestFrames(1)
+
+    def put(self, item) -> bool:
+        """Store ``item``; True when it replaced a frame that was never taken (a drop)."""
+        return self._frames.put(0, item)
+
+    def take(self, timeout: float | None = None):
+        """The newest item (removing it); None once closed or after ``timeout``."""
+        taken = self._frames.take_all(timeout)
+        return taken[0][1] if taken else None
+
+    @property
+    def empty(self) -> bool:
+        return self._frames.empty
+
+    def close(self) -> None:
+        self._frames.close()
+
+
+# Last topic levels that say "an image" rather than which camera (dropped from camera names).
+GENERIC_IMAGE_LEVELS = frozenset({
+    'image', 'image_raw', 'image_rect', 'image_rect_raw', 'image_color', 'image_rect_color',
+    'image_mono', 'image_rect_mono', 'compressed', 'color', 'rgb'})
+MAX_CAMERAS = 16
+NAME_TOKEN = re.compile(r'[A-Za-z][A-Za-z0-9_]*')
+
+
+def camera_name(topic: str) -> str:
+    """The name of the camera publishing ``topic``: its levels without the trailing generic
+    ones (``image_raw``, ``color``, ...), joined by ``_``; ``/front/color/image_raw`` ->
+    ``front``, ``/robot/left/image`` -> ``robot_left``, ``/image`` -> ``image``. Always a valid
+    ROS name token (``camera_`` goes in front of one that starts with a digit)."""
+    levels = [level for level in topic.strip('/').split('/') if level and level != '~']
+    while len(levels) > 1 and levels[-1] in GENERIC_IMAGE_LEVELS:
+        levels.pop()
+    name = '_'.join(levels)
+    if name[:1].isdigit():
+        name = f'camera_{name}'
+    if not NAME_TOKEN.fullmatch(name):
+        raise ValueError(f'images: cannot name a camera after topic {clip(topic, 200)!r} '
+                         '(use letters, digits and _ in topic names)')
+    return name
+
+
+def camera_names(topics) -> list[str]:
+    """:func:`camera_name` of every topic of the ``images`` parameter, or ValueError naming
+    the first problem: not a list of strings, too many, a topic twice, two topics whose
+    camera names collide."""
+    if not isinstance(topics, list | tuple) or not all(isinstance(t, str) for t in topics):
+        raise ValueError(f'images must be a list of image topics, got {topics!r}')
+    if len(topics) > MAX_CAMERAS:
+        raise ValueError(f'images lists {len(topics)} topics; at most {MAX_CAMERAS} cameras '
+                         'share one node (run more nodes)')
+    names: dict[str, str] = {}
+    for topic in topics:
+        name = camera_name(topic)
+        if name in names:
+            same = names[name].strip('/') == topic.strip('/')
+            raise ValueError(f'images lists {topic!r} twice' if same else
+                             f'images {names[name]!r} and {topic!r} both give camera name '
+                             f'{name!r}: outputs would collide (rename a topic or remap it)')
+        names[name] = topic
+    return list(names)
 
 
 class RateLimiter:
@@ -293,10 +408,39 @@ class Stats:
     processed: int = 0
     dropped: int = 0
     errors: int = 0
+    batches: int = 0  # backend calls (several cameras: fewer than frames processed)
     without_depth: int = 0  # frames whose 3D outputs were wanted but no depth paired
     last_error: str = ''
     latency_ms: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     inference_ms: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+
+
+@dataclass
+class Camera:
+    """One input of the node: its topic, its outputs, its tracker and its own counts.
+
+    ``name`` is '' for the single ``image`` topic (outputs ``~/panoptic``, ...) and the
+    camera's name with ``images`` (outputs ``~/<name>/panoptic``, ...).
+    """
+
+    name: str
+    topic: str  # as configured; ``subscription.topic_name`` once subscribed
+    tracker: PanopticTracker
+    publishers: dict = field(default_factory=dict)  # panoptic, semantic, overlay, detections
+    subscription: Any = None
+    reset_tracker: bool = False
+    received: int = 0
+    processed: int = 0
+    dropped: int = 0
+
+    @property
+    def prefix(self) -> str:
+        return f'~/{self.name}/' if self.name else '~/'
+
+    @property
+    def label(self) -> str:
+        """How logs and diagnostics name it: the resolved topic once subscribed."""
+        return self.subscription.topic_name if self.subscription is not None else self.topic
 
 
 def percentiles(values, qs=(50, 95, 99)) -> list[float]:
@@ -343,6 +487,8 @@ class SegmentNode(LifecycleNode):
         self.segmenter = self._slot = self._worker = None
         self._output_pubs: list = []
         self._input_subs: list = []
+        self.cameras: list[Camera] = []
+        self.multi_camera = False
         self.managed = False
         try:
             self._declare()
@@ -359,8 +505,19 @@ class SegmentNode(LifecycleNode):
     def _declare(self) -> None:
         """Parameters, the lifecycle interface (only when ``lifecycle``), diagnostics."""
         for name, param in PARAMETERS.items():
-            self.declare_parameter(name, param.default, ParameterDescriptor(
-                description=param.description, read_only=param.read_only, **param.extra))
+            descriptor = ParameterDescriptor(description=param.description,
+                                             read_only=param.read_only, **param.extra)
+            if name == 'images':
+                # rclpy types an empty list as a byte array, and an empty override leaves a
+                # typed parameter unset: declare the type, then set [] when nothing came.
+                self.declare_parameter(name, RclpyParameter.Type.STRING_ARRAY, descriptor)
+                try:
+                    self.get_parameter(name)
+                except ParameterUninitializedException:
+                    self.set_parameters([RclpyParameter(
+                        name, RclpyParameter.Type.STRING_ARRAY, [])])
+                continue
+            self.declare_parameter(name, param.default, descriptor)
         self.params = {name: self.get_parameter(name).value for name in PARAMETERS}
         self.managed = bool(self.params['lifecycle'])
         LifecycleNodeMixin.__init__(self, enable_communication_interface=self.managed)
@@ -378,8 +535,12 @@ class SegmentNode(LifecycleNode):
         """Load the model, create the output publishers and diagnostics, start the worker."""
         p = {name: self.get_parameter(name).value for name in PARAMETERS}
         self._check(p)
+        names = camera_names(list(p['images']))
+        for topic in p['images']:
+            self.resolve_topic_name(topic)  # a bad topic name fails here, in one line
         self.params = p
-        self.segmenter = self._load_segmenter(p)
+        # One camera per call unless several: their batch is the export's (graph.py).
+        self.segmenter = self._load_segmenter(p, batch=max(1, len(names)))
         config = self.segmenter.config
         self.class_colors = viz.class_colors(config.classes, config.num_classes)
         self.class_names = (self.segmenter.class_names
@@ -388,63 +549,89 @@ class SegmentNode(LifecycleNode):
             raise ValueError(f'label_divisor {p["label_divisor"]} x {config.num_classes} '
                              'classes overflows the int32 panoptic ids')
 
+        compressed = p['input_transport'] == 'compressed'
+        self.image_type = CompressedImage if compressed else Image
+        suffix = '/compressed' if compressed else ''
+        topics = list(zip(names, p['images'], strict=True)) or [('', 'image')]
+        self.cameras = [Camera(name, topic + suffix, PanopticTracker(
+            self.segmenter.is_thing, label_divisor=p['label_divisor'],
+            max_age=p['track_max_age'], min_iou=p['track_min_iou'])) for name, topic in topics]
+        self.multi_camera = bool(names)
+
         # Outputs: reliable (what rviz, ros2_benchmark and launch_testing subscribe with).
         out_qos = make_qos('reliable', OUTPUT_DEPTH)
         publish = self._create_output_publisher
-        self.panoptic_pub = publish(Image, '~/panoptic', out_qos)
-        self.semantic_pub = publish(Image, '~/semantic', out_qos)
-        self.overlay_pub = publish(Image, '~/overlay', out_qos)
-        self.detections_pub = publish(Detection2DArray, '~/detections', out_qos)
-        self.detections_3d_pub = publish(Detection3DArray, '~/detections_3d', out_qos)
-        self.points_pub = publish(PointCloud2, '~/points', out_qos)
-        self.markers_pub = publish(MarkerArray, '~/markers', out_qos)
+        for camera in self.cameras:
+            camera.publishers = {
+                'panoptic': publish(Image, f'{camera.prefix}panoptic', out_qos),
+                'semantic': publish(Image, f'{camera.prefix}semantic', out_qos),
+                'overlay': publish(Image, f'{camera.prefix}overlay', out_qos),
+                'detections': publish(Detection2DArray, f'{camera.prefix}detections', out_qos)}
+        single = self.cameras[0]
+        # The single camera's names, as before (demo, benchmarks and tests use them).
+        self.panoptic_pub, self.semantic_pub, self.overlay_pub, self.detections_pub = (
+            single.publishers[k] for k in ('panoptic', 'semantic', 'overlay', 'detections'))
+        self.tracker = single.tracker
+        if not self.multi_camera:  # 3D from depth: one camera only (docs/node.md)
+            self.detections_3d_pub = publish(Detection3DArray, '~/detections_3d', out_qos)
+            self.points_pub = publish(PointCloud2, '~/points', out_qos)
+            self.markers_pub = publish(MarkerArray, '~/markers', out_qos)
         self.label_info_pub = publish(LabelInfo, '~/label_info',
                                       make_qos('reliable', 1, transient_local=True))
-
-        compressed = p['input_transport'] == 'compressed'
-        self.image_type = CompressedImage if compressed else Image
-        self.input_topic = self.resolve_topic_name('image/compressed' if compressed
-                                                   else 'image')
-        self.tracker = PanopticTracker(self.segmenter.is_thing, label_divisor=p['label_divisor'],
-                                       max_age=p['track_max_age'], min_iou=p['track_min_iou'])
-        self._reset_tracker = False
+        self.input_topic = ', '.join(self.resolve_topic_name(c.topic) for c in self.cameras)
         self._warned_resize = False
         self.pairing = DepthPairing(p['depth_max_delay'])
         self._last_report = (time.monotonic(), self.stats.received, self.stats.processed,
                              self.stats.errors)
         self._closing = False
-        self._slot = LatestFrameSlot()
+        self._slot = LatestFrames(len(self.cameras))
         self._worker = threading.Thread(target=self._work, name='segment_worker', daemon=True)
         self._worker.start()
 
     def _activate(self) -> None:
-        """Subscribe to the image, depth and camera_info; outputs flow from now on."""
+        """Subscribe to the image(s), depth and camera_info; outputs flow from now on."""
         p = self.params
         self._active = True
-        self.subscription = self.create_subscription(
-            self.image_type, 'image/compressed' if p['input_transport'] == 'compressed'
-            else 'image', self._on_image, make_qos(p['image_reliability'], 1),
-            callback_group=MutuallyExclusiveCallbackGroup(),
-            event_callbacks=SubscriptionEventCallbacks(
-                incompatible_qos=self._on_incompatible_publisher))
-        self._input_subs.append(self.subscription)
-        self.input_topic = self.subscription.topic_name
-        # Depth and camera_info: a callback only stores the message; read only while a 3D
-        # output has subscribers.
+        for index, camera in enumerate(self.cameras):
+            camera.subscription = self.create_subscription(
+                self.image_type, camera.topic,
+                lambda msg, index=index: self._on_image(msg, index),
+                make_qos(p['image_reliability'], 1),
+                callback_group=MutuallyExclusiveCallbackGroup(),
+                event_callbacks=SubscriptionEventCallbacks(
+                    incompatible_qos=lambda event, camera=camera:
+                    self._on_incompatible_publisher(event, camera)))
+            self._input_subs.append(camera.subscription)
+        self.subscription = self.cameras[0].subscription
+        self.input_topic = ', '.join(camera.label for camera in self.cameras)
         group = MutuallyExclusiveCallbackGroup()
-        self.depth_subscription = self.create_subscription(
-            Image, 'depth', self.pairing.add_depth, qos_profile_sensor_data,
-            callback_group=group)
-        self.camera_info_subscription = self.create_subscription(
-            CameraInfo, 'camera_info', self.pairing.add_camera_info, qos_profile_sensor_data,
-            callback_group=group)
-        self._input_subs += [self.depth_subscription, self.camera_info_subscription]
+        if self.multi_camera:
+            # Depth is not paired with several cameras: say so when some arrives (raw: the
+            # message is never deserialised).
+            self.depth_subscription = self.create_subscription(
+                Image, 'depth', self._on_depth_refused, qos_profile_sensor_data,
+                callback_group=group, raw=True)
+            self._input_subs.append(self.depth_subscription)
+        else:
+            # Depth and camera_info: a callback only stores the message; read only while a
+            # 3D output has subscribers.
+            self.depth_subscription = self.create_subscription(
+                Image, 'depth', self.pairing.add_depth, qos_profile_sensor_data,
+                callback_group=group)
+            self.camera_info_subscription = self.create_subscription(
+                CameraInfo, 'camera_info', self.pairing.add_camera_info,
+                qos_profile_sensor_data, callback_group=group)
+            self._input_subs += [self.depth_subscription, self.camera_info_subscription]
         self._publish_label_info()
         config = self.segmenter.config
+        cameras = (f'{len(self.cameras)} cameras in batches of '
+                   f'{self.segmenter.backend.batch or "any size"} '
+                   f'({", ".join(c.name for c in self.cameras)}): '
+                   if self.multi_camera else '')
         self.get_logger().info(
             f'ready: {self.segmenter.backend.describe()}, model {self.model_path.name} '
             f'({config.num_classes} classes, input {self.segmenter.input_size[1]}x'
-            f'{self.segmenter.input_size[0]}); segmenting {self.input_topic} '
+            f'{self.segmenter.input_size[0]}); segmenting {cameras}{self.input_topic} '
             f'({p["input_transport"]}, {p["image_reliability"]})')
 
     def _deactivate(self) -> None:
@@ -454,8 +641,10 @@ class SegmentNode(LifecycleNode):
         for subscription in self._input_subs:
             self.destroy_subscription(subscription)
         self._input_subs = []
+        for camera in self.cameras:
+            camera.subscription = None
         if self._slot is not None:
-            self._slot.take(timeout=0.0)
+            self._slot.take_all(timeout=0.0)
         deadline = time.monotonic() + 60.0
         while not self.idle and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -528,7 +717,7 @@ class SegmentNode(LifecycleNode):
             raise ValueError(f'depth_min ({p["depth_min"]}) must be below depth_max '
                              f'({p["depth_max"]})')
 
-    def _load_segmenter(self, p: dict):
+    def _load_segmenter(self, p: dict, batch: int = 1):
         from tokenmask_ros.bundled import resolve_model_path
         from tokenmask_ros.runtime import Segmenter
 
@@ -539,7 +728,7 @@ class SegmentNode(LifecycleNode):
             self.model_path, p['backend'], p['device'], p['precision'],
             score_threshold=p['score_threshold'], overlap_threshold=p['overlap_threshold'],
             label_divisor=p['label_divisor'], cache_dir=p['engine_cache_dir'] or None,
-            force_engine_update=p['force_engine_update'])
+            force_engine_update=p['force_engine_update'], batch=batch)
 
     def _create_output_publisher(self, msg_type, topic: str, qos):
         def warn(event, topic=topic):
@@ -556,7 +745,7 @@ class SegmentNode(LifecycleNode):
         self._output_pubs.append(publisher)
         return publisher
 
-    def _on_incompatible_publisher(self, event) -> None:
+    def _on_incompatible_publisher(self, event, camera: Camera) -> None:
         policy = qos_policy_name_from_kind(event.last_policy_kind)
         if event.last_policy_kind == QoSPolicyKind.RELIABILITY:
             fix = ('a best-effort camera cannot reach a reliable subscription: set '
@@ -566,7 +755,7 @@ class SegmentNode(LifecycleNode):
             fix = (f'make the camera\'s {policy} policy compatible with this subscription '
                    f'({self.params["image_reliability"]}, volatile, depth 1)')
         self.get_logger().warning(
-            f'incompatible QoS: a publisher on {self.input_topic} cannot reach this node '
+            f'incompatible QoS: a publisher on {camera.label} cannot reach this node '
             f'({policy} policy, {event.total_count} incompatible so far); no images will '
             f'arrive from it. {fix}')
 
@@ -600,14 +789,16 @@ class SegmentNode(LifecycleNode):
             except ValueError as error:
                 return SetParametersResult(successful=False, reason=str(error))
         self.params.update(values)
-        if 'track_max_age' in values:
-            self.tracker.max_age = int(values['track_max_age'])
-        if 'track_min_iou' in values:
-            self.tracker.min_iou = float(values['track_min_iou'])
+        for camera in self.cameras:
+            if 'track_max_age' in values:
+                camera.tracker.max_age = int(values['track_max_age'])
+            if 'track_min_iou' in values:
+                camera.tracker.min_iou = float(values['track_min_iou'])
         if 'depth_max_delay' in values:
             self.pairing.max_delay = float(values['depth_max_delay'])
         if values.get('tracking') is False:
-            self._reset_tracker = True  # tracks restart from 1 when tracking is back on
+            for camera in self.cameras:  # tracks restart from 1 when tracking is back on
+                camera.reset_tracker = True
         if 'score_threshold' in values and self._active:
             self._publish_label_info()
         return SetParametersResult(successful=True)
@@ -620,63 +811,102 @@ class SegmentNode(LifecycleNode):
 
     # --- frames --------------------------------------------------------------------------
 
-    def _on_image(self, msg) -> None:
-        dropped = self._slot.put((msg, time.monotonic()))
+    def _on_image(self, msg, index: int = 0) -> None:
+        dropped = self._slot.put(index, (msg, time.monotonic()))
         with self._lock:
+            camera = self.cameras[index]
+            camera.received += 1
+            camera.dropped += int(dropped)
             self.stats.received += 1
             self.stats.dropped += int(dropped)
 
+    def _on_depth_refused(self, _serialized) -> None:
+        """Depth with ``images`` set: not used; say why at most once per period."""
+        allowed, held = self._error_log.allow('3d: several cameras')
+        if allowed and not self._closing:
+            more = f' ({held} more like it)' if held else ''
+            self.get_logger().error(
+                f'depth images on {self.depth_subscription.topic_name} are ignored: 3D outputs '
+                'need a single camera, and images lists several; run one segment_node per '
+                f'RGB-D camera for 3D{more}')
+
     def _work(self) -> None:
         while True:
-            item = self._slot.take()
-            if item is None:
+            items = self._slot.take_all(
+                gather_s=float(self.params['batch_max_delay']) if self.multi_camera else 0.0)
+            if items is None:
                 return
             with self._lock:
                 self._busy = True
             try:
-                self._process(*item)
+                self._process(items)
             finally:
                 with self._lock:
                     self._busy = False
 
-    def _process(self, msg, received: float) -> None:
-        try:
-            rgb = self._to_rgb(msg)
-            prediction = self.segmenter(rgb)
-        except ValueError as error:  # ImageConversionError and InputError are ValueErrors
-            # The sender's fault, not the node's: a warning.
-            self._report_error(f'dropped a frame from {self.input_topic}: {error}', error,
-                               'input', warning=True)
+    def _process(self, items: list[tuple[int, tuple]]) -> None:
+        """Segment the newest frame of every camera in ``items`` (``[(camera index, (msg,
+        arrival)), ...]``) in one batch, then answer each camera with its own header. A bad
+        frame is dropped alone; the others go on."""
+        from tokenmask_ros.runtime.preprocess import check_image
+
+        frames = []  # (camera, msg, arrival, rgb)
+        for index, (msg, received) in items:
+            camera = self.cameras[index]
+            try:
+                # Checked here, so one bad camera never fails the whole batch.
+                rgb = check_image(self._to_rgb(msg))
+            except ValueError as error:  # ImageConversionError, InputError: the sender's
+                self._report_error(f'dropped a frame from {camera.label}: {error}', error,
+                                   'input', warning=True)
+                continue
+            frames.append((camera, msg, received, rgb))
+        if not frames:
             return
+        try:
+            predictions = self.segmenter.segment_batch([rgb for *_, rgb in frames])
         except Exception as error:  # a backend failure must not end the node
             self._report_error(f'segmentation failed: {error!r}', error, 'segmentation')
             return
+        inference_ms = self.segmenter.last_timing.total
         tracking = bool(self.params['tracking'])
+        for (camera, msg, received, rgb), prediction in zip(frames, predictions, strict=True):
+            if self._answer(camera, msg.header, rgb, prediction, tracking):
+                with self._lock:
+                    camera.processed += 1
+                    self.stats.processed += 1
+                    self.stats.latency_ms.append(1e3 * (time.monotonic() - received))
+        with self._lock:
+            self.stats.batches += 1
+            self.stats.inference_ms.append(inference_ms)
+
+    def _answer(self, camera: Camera, header, rgb: np.ndarray, prediction,
+                tracking: bool) -> bool:
+        """Track, publish a camera's outputs (and 3D, single camera only); False when the
+        frame got no outputs (an error, a deactivation meanwhile)."""
         if tracking:
             try:
-                prediction = self._track(prediction, rgb)
+                prediction = self._track(camera, prediction, rgb)
             except Exception as error:
                 self._report_error(f'tracking failed: {error!r}', error, 'tracking')
-                return
+                return False
         if not self._active:
-            return  # deactivated while this frame was segmented: nothing goes out
+            return False  # deactivated while this frame was segmented: nothing goes out
         try:
-            self._publish(msg.header, rgb, prediction, tracking)
+            self._publish(header, rgb, prediction, tracking, camera)
         except Exception as error:
-            if self._closing or not self.context.ok():
-                return  # shutting down: the publishers are going away
-            self._report_error(f'publishing failed: {error!r}', error, 'publishing')
-            return
+            if not (self._closing or not self.context.ok()):  # else: publishers going away
+                self._report_error(f'publishing failed: {error!r}', error, 'publishing')
+            return False
+        if self.multi_camera:
+            return True
         try:  # after the 2D outputs: depth that came while segmenting is found too
-            self._publish_3d(msg.header, rgb, prediction)
+            self._publish_3d(header, rgb, prediction)
         except Exception as error:
             if self._closing or not self.context.ok():
-                return
+                return False
             self._report_error(f'3D outputs failed: {error!r}', error, '3d')
-        with self._lock:
-            self.stats.processed += 1
-            self.stats.latency_ms.append(1e3 * (time.monotonic() - received))
-            self.stats.inference_ms.append(self.segmenter.last_timing.total)
+        return True
 
     def _to_rgb(self, msg) -> np.ndarray:
         """RGB pixels of a frame; frames over ``max_image_pixels`` are refused unread (a
@@ -689,25 +919,30 @@ class SegmentNode(LifecycleNode):
                                        f'max_image_pixels ({limit})', 'too large')
         return np.ascontiguousarray(image_to_rgb8(msg))
 
-    def _track(self, prediction, rgb: np.ndarray):
-        """``prediction`` with thing ids renumbered by track (one tracker, worker thread)."""
-        if self._reset_tracker:
-            self._reset_tracker = False
-            self.tracker.reset()
-        return self.tracker.update(prediction, rgb)
+    def _track(self, camera: Camera, prediction, rgb: np.ndarray):
+        """``prediction`` with thing ids renumbered by track (one tracker per camera: ids
+        of two cameras are independent; worker thread)."""
+        if camera.reset_tracker:
+            camera.reset_tracker = False
+            camera.tracker.reset()
+        return camera.tracker.update(prediction, rgb)
 
-    def _publish(self, header, rgb: np.ndarray, prediction, tracking: bool = False) -> None:
+    def _publish(self, header, rgb: np.ndarray, prediction, tracking: bool = False,
+                 camera: Camera | None = None) -> None:
+        """A camera's 2D outputs, each with its frame's header (``camera`` None: the
+        first, the only one without ``images``)."""
+        pubs = (camera or self.cameras[0]).publishers
         semantic_encoding = 'mono8' if prediction.semantic.dtype == np.uint8 else 'mono16'
-        self.panoptic_pub.publish(numpy_to_image(prediction.panoptic, '32SC1', header))
-        self.semantic_pub.publish(numpy_to_image(prediction.semantic, semantic_encoding, header))
-        if self.params['publish_overlay'] and self.overlay_pub.get_subscription_count() > 0:
+        pubs['panoptic'].publish(numpy_to_image(prediction.panoptic, '32SC1', header))
+        pubs['semantic'].publish(numpy_to_image(prediction.semantic, semantic_encoding, header))
+        if self.params['publish_overlay'] and pubs['overlay'].get_subscription_count() > 0:
             label_text = (viz.track_label_text(self.params['label_divisor']) if tracking
                           else None)
             blended = viz.draw_overlay(rgb, prediction, self.class_names, self.class_colors,
                                        float(self.params['overlay_alpha']),
                                        label_text=label_text)
-            self.overlay_pub.publish(numpy_to_image(blended, 'rgb8', header))
-        self.detections_pub.publish(detections_message(prediction, header))
+            pubs['overlay'].publish(numpy_to_image(blended, 'rgb8', header))
+        pubs['detections'].publish(detections_message(prediction, header))
 
     def _publish_3d(self, header, rgb: np.ndarray, prediction) -> None:
         """``~/detections_3d``, ``~/markers`` and ``~/points`` of a frame, each only while
@@ -806,6 +1041,12 @@ class SegmentNode(LifecycleNode):
                       'frames dropped': s.dropped, 'errors': s.errors,
                       'frames without depth': s.without_depth,
                       'last error': s.last_error}
+            if self.multi_camera:  # each camera's own counts: a stopped camera shows here
+                values['batch'] = self.segmenter.backend.batch or 'any'
+                values['batches'] = s.batches
+                values.update((f'camera {c.name}', f'{c.label}: received {c.received}, '
+                               f'processed {c.processed}, dropped {c.dropped}')
+                              for c in self.cameras)
         then, *previous = self._last_report
         self._last_report = (now, *counts)
         elapsed = max(now - then, 1e-9)
