@@ -80,7 +80,12 @@ class Cameras:
                 self.diagnostics = {kv.key: kv.value for kv in status.values}
 
     def connected(self) -> bool:
-        return all(p.get_subscription_count() > 0 for p in self.publishers.values())
+        """Both ways: the node hears every camera and this node hears every answer topic
+        (the outputs are volatile: an answer sent before that is lost)."""
+        outputs = [f'{self.namespace}/segment_node/{camera}/{output}'
+                   for camera in self.publishers for output in ('panoptic', 'detections')]
+        return (all(p.get_subscription_count() > 0 for p in self.publishers.values())
+                and all(self.node.count_publishers(topic) > 0 for topic in outputs))
 
     def send(self, cameras, index: int) -> dict[str, int]:
         """One frame on each of ``cameras`` (stamps differ per camera); their stamps."""
@@ -148,9 +153,10 @@ def test_two_cameras_of_different_sizes_are_answered_each_with_its_own_header(
     try:
         assert 'segmenting 2 cameras in batches of 2 (front, rear)' in process.output
         peer.wait_connected()
-        rounds = [peer.send(('front', 'rear'), index) for index in range(4)]
-        for stamps in rounds:
-            assert peer.answered(stamps), process.output
+        rounds = []
+        for index in range(4):  # one frame per camera at a time: newest frame wins
+            rounds.append(peer.send(('front', 'rear'), index))
+            assert peer.answered(rounds[-1]), process.output
         for stamps in rounds:
             for camera, stamp in stamps.items():
                 check_answers(peer, camera, stamp, segmenter)
@@ -192,7 +198,7 @@ def test_three_cameras_keep_answering_when_one_stops(rclpy_context, tmp_path, se
                     peer.sent[camera][stamp].header
         # A camera that stops is reported by its own counts.
         assert spin_until(peer.executor, lambda: peer.diagnostics.get('frames processed')
-                          == '10', 10), peer.diagnostics
+                          == '14', 10), peer.diagnostics  # 2 x 3 cameras + 4 x 2
         assert 'received 2, processed 2' in peer.diagnostics['camera left']
         assert 'received 6, processed 6' in peer.diagnostics['camera rear']
         # Depth cannot pair with several cameras: refused in one clear line, 2D goes on.
