@@ -5,10 +5,11 @@ Uses ONNX Runtime's QDQ quantizer (``onnxruntime.quantization.quantize_static``,
 quantized ops, so the result is still a plain ONNX graph that ONNX Runtime, OpenVINO (which
 runs QDQ graphs with its int8 kernels) and TensorRT read. What is quantized, and why:
 
-- only the MatMul / Gemm / Conv nodes with constant weights (:func:`weighted_nodes`): the
-  patch embedding, qkv / projection / MLP layers, the class head and the mask MLP, about
-  80 % of a ViT's FLOPs at these token counts. Weights int8 symmetric per output channel,
-  activations uint8 per tensor (MinMax over the calibration frames).
+- only the inputs of the MatMul / Gemm / Conv nodes with constant weights
+  (:func:`weighted_nodes`): the patch embedding, qkv / projection / MLP layers, the class
+  head and the mask MLP, about 80 % of a ViT's FLOPs at these token counts. Weights int8
+  symmetric per output channel, input activations uint8 per tensor (MinMax over the
+  calibration frames); the layers' outputs, biases and residual sums stay float.
 - float stays everything else: the attention score and attention-times-values products and
   their softmax (probabilities in [0, 1] lose most of their resolution in 8 bits), every
   LayerNormalization, the mask head's query-patch product, and the whole decoding after it
@@ -218,7 +219,12 @@ def quantize_int8(fp32_path: str | Path, output: str | Path,
             op_types_to_quantize=list(QUANTIZED_OP_TYPES), nodes_to_quantize=nodes,
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={'WeightSymmetric': True, 'ActivationSymmetric': False,
-                           'CalibTensorRangeSymmetric': False})
+                           # The layers' inputs only: a Q/DQ pair on their outputs (the
+                           # quantizer's default) adds a rounding step before each bias and
+                           # residual; without it 99.5-99.9 % instead of 96.6-99.9 % of the
+                           # bundled model's pixels kept their fp32 ids, at the same
+                           # OpenVINO speed.
+                           'OpTypesToExcludeOutputQuantization': list(QUANTIZED_OP_TYPES)})
         proto = onnx.load(str(quantized))
     props = {p.key: p.value for p in source.metadata_props}
     import onnxruntime
