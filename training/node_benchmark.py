@@ -30,6 +30,15 @@ run:
   Each is reported as a share of the Segmenter's time (the issue's target: under 10 %).
   ``--cost-only`` runs just this part.
 
+* **several cameras** (``--cameras 1 2 4``, only this part): one ``segment_node`` with N
+  cameras (``images``, one batch-N export) against N ``segment_node`` processes of one camera
+  each, side by side, with the same N ``image_source`` cameras (``--camera-rate`` Hz each,
+  replaying the same PNG frames). After ``--settle`` seconds, for ``--duration`` seconds:
+  total throughput (frames answered per second, over all cameras), latency (header stamp ->
+  ``detections`` received here), CPU (user + system time of the segment_node processes,
+  from ``/proc``, in % of one core) and memory (resident set of those processes, summed;
+  their peak too). Writes ``node_benchmark_cameras.csv`` and ``node_benchmark_cameras.md``.
+
 Overhead = node median - direct median, reported in ms and as a share of the direct
 per-frame time. On a machine busy with other work the two passes see different loads, so
 the report adds a same-window figure: the node's end-to-end median minus the median of the
@@ -40,6 +49,7 @@ Unlike the rest of ``training/``, this script needs ROS 2 (rclpy).
 
     python training/node_benchmark.py --frames 30 --size 320x240
     python training/node_benchmark.py --cost-only --cost-sizes 320x240 640x480
+    python training/node_benchmark.py --cameras 1 2 4 --duration 20
 """
 
 from __future__ import annotations
@@ -183,6 +193,161 @@ def node_pass(args, period_s: float, folder: Path) -> tuple[list[float], dict]:
         rclpy.try_shutdown()
 
 
+# --- several cameras: one node with N cameras vs N nodes -------------------------------
+
+CAMERA_NAMESPACE = '/node_benchmark_cameras'
+CAMERA_FIELDS = ('cameras', 'setup', 'processes', 'answered', 'seconds', 'throughput_fps',
+                 'latency_p50_ms', 'latency_p90_ms', 'cpu_percent', 'rss_mb', 'peak_rss_mb')
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads), from /proc."""
+    fields = Path(f'/proc/{pid}/stat').read_text().rpartition(')')[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def process_memory_mb(pid: int) -> tuple[float, float]:
+    """(resident, peak resident) MiB of process ``pid``, from /proc."""
+    values = {}
+    for line in Path(f'/proc/{pid}/status').read_text().splitlines():
+        key, _, rest = line.partition(':')
+        if key in ('VmRSS', 'VmHWM'):
+            values[key] = int(rest.split()[0]) / 1024
+    return values.get('VmRSS', float('nan')), values.get('VmHWM', float('nan'))
+
+
+def cameras_pass(args, count: int, setup: str, folder: Path) -> dict:
+    """One measurement: ``count`` image_source cameras and either one segment_node with
+    ``count`` cameras (``setup`` 'one node') or ``count`` single-camera nodes ('N nodes')."""
+    import rclpy
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from vision_msgs.msg import Detection2DArray, LabelInfo
+
+    names = [f'cam{i}' for i in range(count)]
+    common = ['-p', f'backend:={args.backend}', '-p', 'tracking:=false']
+    if args.model:
+        common += ['-p', f'model:={args.model}']
+    if setup == 'one node':
+        topics = ', '.join(f"'{name}/image'" for name in names)
+        nodes = [[*console_command('segment_node'), '--ros-args', '-r',
+                  f'__ns:={CAMERA_NAMESPACE}', '-p', f'images:=[{topics}]', *common]]
+        outputs = [f'{CAMERA_NAMESPACE}/segment_node/{name}' for name in names]
+        infos = [f'{CAMERA_NAMESPACE}/segment_node/label_info']
+    else:
+        nodes = [[*console_command('segment_node'), '--ros-args', '-r',
+                  f'__ns:={CAMERA_NAMESPACE}/{name}', *common] for name in names]
+        outputs = [f'{CAMERA_NAMESPACE}/{name}/segment_node' for name in names]
+        infos = [f'{output}/label_info' for output in outputs]
+    cameras = [[*console_command('image_source'), '--ros-args', '-r',
+                f'__ns:={CAMERA_NAMESPACE}/{name}', '-p', f'source:={folder}',
+                '-p', 'loop:=true', '-p', f'rate:={args.camera_rate}',
+                '-p', f'frame_id:={name}', '-p', 'wait_for_subscribers:=1'] for name in names]
+    rclpy.init()
+    node = rclpy.create_node('node_benchmark_cameras')
+    arrivals: list[tuple[float, float]] = []  # (arrival, latency ms)
+    ready: set[str] = set()
+
+    def on_detections(msg):
+        now = node.get_clock().now().nanoseconds
+        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        arrivals.append((time.monotonic(), (now - stamp) / 1e6))
+
+    reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+    for output in outputs:
+        node.create_subscription(Detection2DArray, f'{output}/detections', on_detections,
+                                 reliable)
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    for info in infos:
+        node.create_subscription(LabelInfo, info, lambda _, i=info: ready.add(i), latched)
+    segment_nodes, processes = [], []
+    try:
+        for command in nodes:
+            segment_nodes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                                                  stderr=subprocess.PIPE, text=True))
+        processes += segment_nodes
+        spin_until(node, lambda: len(ready) == len(infos)
+                   or any(p.poll() is not None for p in segment_nodes), args.timeout)
+        if len(ready) != len(infos):
+            failed = [p for p in segment_nodes if p.poll() is not None]
+            raise RuntimeError(f'{setup} x {count}: segment_node did not start: ' + (
+                failed[0].communicate(timeout=5)[1][-2000:] if failed else 'timeout'))
+        processes += [subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL) for command in cameras]
+        spin_until(node, lambda: False, args.settle)
+        pids = [p.pid for p in segment_nodes]
+        cpu_start = sum(process_cpu_seconds(pid) for pid in pids)
+        start = time.monotonic()
+        first = len(arrivals)
+        spin_until(node, lambda: False, args.duration)
+        seconds = time.monotonic() - start
+        cpu = sum(process_cpu_seconds(pid) for pid in pids) - cpu_start
+        memory = [process_memory_mb(pid) for pid in pids]
+        window = [latency for arrival, latency in arrivals[first:] if arrival <= start + seconds]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    latency = stats(window)
+    return {'cameras': count, 'setup': setup, 'processes': len(segment_nodes),
+            'answered': len(window), 'seconds': seconds,
+            'throughput_fps': len(window) / seconds,
+            'latency_p50_ms': latency['median'], 'latency_p90_ms': latency['p90'],
+            'cpu_percent': 100 * cpu / seconds, 'rss_mb': sum(m[0] for m in memory),
+            'peak_rss_mb': sum(m[1] for m in memory)}
+
+
+def cameras_report(args) -> int:
+    """One node with N cameras vs N nodes, for each N of ``--cameras``: CSV + Markdown."""
+    from tokenmask_ros.bundled import default_model_path
+
+    model = Path(args.model) if args.model else default_model_path()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix='node_benchmark_') as folder:
+        write_frames(frames(args), Path(folder))
+        for count in args.cameras:
+            for setup in ('one node', 'N nodes'):
+                row = cameras_pass(args, count, setup, Path(folder))
+                rows.append(row)
+                print(f'{count} camera(s), {setup}: {row["throughput_fps"]:.2f} frames/s, '
+                      f'latency p50 {row["latency_p50_ms"]:.0f} ms, CPU '
+                      f'{row["cpu_percent"]:.0f} %, RSS {row["rss_mb"]:.0f} MiB', flush=True)
+    with open(out / 'node_benchmark_cameras.csv', 'w', newline='') as file:
+        writer = csv.DictWriter(file, CAMERA_FIELDS)
+        writer.writeheader()
+        writer.writerows({k: f'{v:.3f}' if isinstance(v, float) else v for k, v in row.items()}
+                         for row in rows)
+    lines = [f'# One segment_node with N cameras vs N segment_nodes ({model.name}, backend '
+             f'{args.backend}, {args.width}x{args.height})', '',
+             f'{platform.node()}, {os.cpu_count()} CPU(s), {time.strftime("%Y-%m-%d %H:%M")}; '
+             f'every camera at {args.camera_rate:g} Hz; {args.settle:g} s settling, then '
+             f'{args.duration:g} s measured. Throughput: frames answered per second over all '
+             'cameras; latency: header stamp -> detections received; CPU: user + system time '
+             'of the segment_node process(es) in % of one core; memory: their resident sets, '
+             'summed (peak in brackets).', '',
+             '| cameras | setup | processes | frames/s | latency p50 (ms) | latency p90 (ms) '
+             '| CPU (%) | memory (MiB) |', '|---|---|---|---|---|---|---|---|']
+    for row in rows:
+        lines.append(f'| {row["cameras"]} | {row["setup"]} | {row["processes"]} | '
+                     f'{row["throughput_fps"]:.2f} | {row["latency_p50_ms"]:.0f} | '
+                     f'{row["latency_p90_ms"]:.0f} | {row["cpu_percent"]:.0f} | '
+                     f'{row["rss_mb"]:.0f} ({row["peak_rss_mb"]:.0f}) |')
+    report = '\n'.join(lines)
+    (out / 'node_benchmark_cameras.md').write_text(report + '\n')
+    print(report)
+    print(f'wrote {out / "node_benchmark_cameras.md"} and {out / "node_benchmark_cameras.csv"}')
+    return 0 if all(row['answered'] for row in rows) else 1
+
+
 COST_STAGES = ('segmenter', 'tracking', 'depth3d', 'messages3d')
 COST_NAMES = {'segmenter': 'Segmenter call', 'tracking': 'PanopticTracker.update',
               'depth3d': '3D: depth_to_metres + segment_boxes_3d + labelled_points',
@@ -307,11 +472,26 @@ def main(argv=None) -> int:
                         '(default: --frames)')
     parser.add_argument('--cost-only', action='store_true',
                         help='only the tracking and 3D cost table (no node run)')
+    parser.add_argument('--cameras', nargs='+', type=int, default=None, metavar='N',
+                        help='only the several-cameras comparison: one node with N cameras '
+                        'vs N nodes, for each N given')
+    parser.add_argument('--camera-rate', type=float, default=10.0,
+                        help='Hz of each camera in the --cameras comparison')
+    parser.add_argument('--settle', type=float, default=10.0,
+                        help='seconds of the --cameras comparison before measuring')
+    parser.add_argument('--duration', type=float, default=20.0,
+                        help='seconds measured per setup in the --cameras comparison')
     args = parser.parse_args(argv)
     args.width, args.height = (int(v) for v in args.size.lower().split('x'))
     args.cost_frames = args.frames if args.cost_frames is None else args.cost_frames
     if args.cost_frames < 1 or args.frames < 1 or args.warmup < 0:
         parser.error('--frames and --cost-frames must be >= 1, --warmup >= 0')
+    if args.cameras is not None:
+        if not all(1 <= n <= 16 for n in args.cameras):
+            parser.error('--cameras takes counts from 1 to 16')
+        if args.camera_rate <= 0 or args.duration <= 0 or args.settle < 0:
+            parser.error('--camera-rate and --duration must be > 0, --settle >= 0')
+        return cameras_report(args)
 
     from tokenmask_ros.bundled import default_model_path
     from tokenmask_ros.runtime import Segmenter
