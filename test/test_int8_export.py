@@ -213,3 +213,17 @@ def test_cli_export_int8_with_an_empty_calibration_folder_fails_in_one_line(tmp_
     err = capsys.readouterr().err
     assert code == 1 and 'calibration folder' in err and err.count('\n') == 1, err
     assert not (tmp_path / 'x.onnx').exists()
+
+
+def test_an_int8_export_of_an_older_recipe_is_quantized_again(exports, cache, caplog):
+    import logging
+
+    sidecar = exports['int8'].with_suffix('.json')
+    record = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**record, 'quantize_recipe': 1}))
+    with caplog.at_level(logging.WARNING, 'tokenmask_ros.runtime'):
+        again = cached_onnx(MODEL, 'int8', cache, calibration='synthetic:8')
+    assert again == exports['int8']
+    assert 'was made with quantize_recipe 1, not 2' in caplog.text
+    assert json.loads(sidecar.read_text())['quantize_recipe'] == 2
+    assert read_onnx_metadata(again)['precision'] == 'int8'

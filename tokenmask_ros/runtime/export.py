@@ -354,21 +354,27 @@ def cached_onnx(checkpoint_path: str | Path, precision: str,
     height, width = config.img_size
     cache = Path(cache_dir) if cache_dir is not None else default_export_dir()
     batched = f'-b{batch}' if batch != 1 else ''  # batch-1 names as before
-    tag = precision
+    tag, recipe = precision, {}
     if precision == 'int8':
-        from tokenmask_ros.runtime.quantize import DEFAULT_CALIBRATION, calibration_key
+        from tokenmask_ros.runtime.quantize import (
+            DEFAULT_CALIBRATION,
+            RECIPE_VERSION,
+            calibration_key,
+        )
+
+        recipe = {'quantize_recipe': RECIPE_VERSION}  # a changed recipe quantizes again
 
         if calibration is None:
             calibration = DEFAULT_CALIBRATION
         tag = f'int8-{calibration_key(calibration)}'
     target = cache / (f'{path.stem}-{file_sha256(path)[:16]}-{height}x{width}-{tag}'
                       f'{batched}.onnx')
-    if not force and _verified_export(target, warn=True):
+    if not force and _verified_export(target, warn=True, **recipe):
         return target
     prepare_cache_dir(cache)
     with file_lock(target.with_suffix('.lock'),
                    f'waiting for another process exporting {target.name}'):
-        if not force and _verified_export(target, warn=False):  # exported meanwhile
+        if not force and _verified_export(target, warn=False, **recipe):  # meanwhile
             return target
         if precision == 'int8':  # quantized from the (cached) fp32 export
             from tokenmask_ros.runtime.quantize import quantize_int8
@@ -384,7 +390,7 @@ def cached_onnx(checkpoint_path: str | Path, precision: str,
                 quantize_int8(fp32, target, calibration)
             else:
                 export_onnx(model, target, fp16=precision == 'fp16', batch=batch)
-            record = {'format': RECORD_FORMAT, 'version': RECORD_VERSION,
+            record = {'format': RECORD_FORMAT, 'version': RECORD_VERSION, **recipe,
                       'onnx_size': target.stat().st_size, 'onnx_sha256': file_sha256(target)}
             atomic_write(target.with_suffix('.json'), json.dumps(record, indent=1).encode())
         except OSError as error:  # disk full, folder made read-only meanwhile
@@ -392,19 +398,20 @@ def cached_onnx(checkpoint_path: str | Path, precision: str,
     return target
 
 
-def _verified_export(target: Path, warn: bool) -> bool:
-    """Whether ``target`` matches its checksum sidecar and is a tokenmask export; a damaged
-    one is logged (when ``warn``) and left for the caller to replace."""
+def _verified_export(target: Path, warn: bool, **expected) -> bool:
+    """Whether ``target`` matches its checksum sidecar and is a tokenmask export (and the
+    sidecar holds the ``expected`` entries, e.g. the int8 recipe version); a damaged or
+    outdated one is logged (when ``warn``) and left for the caller to replace."""
     if not target.is_file():
         return False
-    problem = _export_problem(target)
+    problem = _export_problem(target, expected)
     if problem is not None and warn:
         log.warning('cached ONNX export %s %s; deleting it and exporting again', target,
                     problem)
     return problem is None
 
 
-def _export_problem(target: Path) -> str | None:
+def _export_problem(target: Path, expected: dict | None = None) -> str | None:
     """Why the cached export ``target`` cannot be trusted, or None when it can."""
     try:
         record = json.loads(target.with_suffix('.json').read_text())
@@ -413,6 +420,9 @@ def _export_problem(target: Path) -> str | None:
     if (not isinstance(record, dict) or record.get('format') != RECORD_FORMAT
             or record.get('version') != RECORD_VERSION):
         return 'has no checksum sidecar of this version'
+    for key, value in (expected or {}).items():
+        if record.get(key) != value:
+            return f'was made with {key} {record.get(key)!r}, not {value!r}'
     try:
         if (target.stat().st_size != record.get('onnx_size')
                 or file_sha256(target) != record.get('onnx_sha256')):

@@ -38,9 +38,13 @@ from tokenmask_ros.atomic_file import atomic_path
 
 log = logging.getLogger('tokenmask_ros.runtime')
 
-__all__ = ['DEFAULT_CALIBRATION', 'QUANTIZED_OP_TYPES', 'CalibrationError', 'calibration_feeds',
-           'calibration_key', 'parse_calibration', 'quantize_int8', 'weighted_nodes']
+__all__ = ['DEFAULT_CALIBRATION', 'QUANTIZED_OP_TYPES', 'RECIPE_VERSION', 'CalibrationError',
+           'calibration_feeds', 'calibration_key', 'parse_calibration', 'quantize_int8',
+           'weighted_nodes']
 
+#: Version of the recipe below, kept in cached int8 exports' sidecars: raising it makes
+#: every cached int8 export be quantized again. 2: the layers' outputs stay float.
+RECIPE_VERSION = 2
 #: The calibration used when none is named (``Segmenter(precision='int8')`` on a checkpoint).
 DEFAULT_CALIBRATION = 'synthetic:32'
 QUANTIZED_OP_TYPES = ('MatMul', 'Gemm', 'Conv')
