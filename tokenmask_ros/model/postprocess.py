@@ -145,20 +145,24 @@ def dense_panoptic_scores(class_logits: Tensor, mask_logits: Tensor,
     num_queries = class_logits.shape[1]
     scores, classes, keep = query_scores(class_logits, score_threshold)
     # Kept queries weigh in with score * sigmoid >= 0; the others with -1, so they never win
-    # and a pixel's best value is >= 0 exactly when some query is kept.
-    counts = keep[:, :, None, None]
+    # and a pixel's best value is >= 0 exactly when some query is kept. Padding is masked on
+    # the [B, H, W] results, not on [B, K, H, W] inputs: every pass over K full-resolution
+    # maps is most of the decoding's cost. A scalar fill value: a full_like tensor would be
+    # constant-folded into a [B, K, H, W] initializer of the ONNX export.
+    weighted = torch.where(keep[:, :, None, None], scores[:, :, None, None] * mask_logits.sigmoid(),
+                           -1.0)
+    winner = weighted.argmax(1, keepdim=True)  # ties: the first query, as before selection
+    best = torch.gather(weighted, 1, winner).squeeze(1)
+    own_logit = torch.gather(mask_logits, 1, winner).squeeze(1)
+    winner = winner.squeeze(1)
+    won_pixel = best >= 0
     covered = mask_logits >= 0
-    if valid is not None:  # padding: no query counts there
-        counts = counts & valid[:, None]
+    if valid is not None:  # padding: never won, not counted
+        won_pixel = won_pixel & valid
         covered = covered & valid[:, None]
-    # Scalar fill values: a full_like tensor would be constant-folded into a [B, K, H, W]
-    # initializer of the ONNX export (hundreds of MB at 640x640).
-    weighted = torch.where(counts, scores[:, :, None, None] * mask_logits.sigmoid(), -1.0)
-    best, winner = weighted.max(1)
-    own_logit = torch.gather(mask_logits, 1, winner[:, None]).squeeze(1)
-    segment_map = torch.where((best >= 0) & (own_logit >= 0), winner, -1)
+    segment_map = torch.where(won_pixel & (own_logit >= 0), winner, -1)
     query_ids = torch.arange(num_queries, device=mask_logits.device)[None, :, None, None]
-    won = (winner[:, None] == query_ids) & counts
+    won = (winner[:, None] == query_ids) & won_pixel[:, None]
     return PanopticScores(
         segment_map=segment_map.to(torch.int32),
         query_class=classes.to(torch.int32),
