@@ -269,6 +269,21 @@ def test_latest_frames_take_what_is_there_and_wait_only_for_live_cameras():
     started = time.monotonic()
     assert frames.take_all(gather_s=5.0) == [(0, 'a4')]
     assert time.monotonic() - started < 1.0
+    # A slow camera (a frame every 3 s) stays live for two of its intervals, then not.
+    frames.put(2, 'c1')
+    now[0] += 3.0
+    frames.put(2, 'c2')
+    assert frames.take_all() == [(2, 'c2')]
+    now[0] += 4.0
+    frames.put(0, 'a5')
+    started = time.monotonic()
+    assert frames.take_all(gather_s=0.2) == [(0, 'a5')]
+    assert time.monotonic() - started > 0.15  # waited for camera 2
+    now[0] += 3.0
+    frames.put(0, 'a6')
+    started = time.monotonic()
+    assert frames.take_all(gather_s=5.0) == [(0, 'a6')]
+    assert time.monotonic() - started < 1.0
     frames.close()
     assert frames.take_all() is None
     assert frames.empty

@@ -197,8 +197,9 @@ PARAMETERS: dict[str, Param] = {
     'depth_max': Param(DEPTH_MAX, 'farther depths (m) are ignored; above depth_min', True,
                        _float_range(0.0, 1000.0)),
     'batch_max_delay': Param(BATCH_MAX_DELAY, 'with images: seconds the worker waits, once a '
-                             'frame is in, for the other cameras (those that sent within the '
-                             'last second) before it segments without them', True,
+                             'frame is in, for the other live cameras (a frame within the '
+                             'last second or two of their frame intervals) before it segments '
+                             'without them', True,
                              _float_range(0.0, 1.0)),
     'images': Param([], 'image topics of several cameras segmented by one model in batches '
                     '(outputs under ~/<camera>/, camera = the topic without its image_raw-like '
@@ -213,7 +214,8 @@ RESTART_ONLY = frozenset(name for name, p in PARAMETERS.items()
 
 # --- plain helpers (no ROS) ----------------------------------------------------------
 
-LIVE_CAMERA_S = 1.0  # a camera that sent within this long is waited for (batch_max_delay)
+LIVE_CAMERA_S = 1.0  # a camera is waited for (batch_max_delay) this long after its last
+LIVE_PERIODS = 2.0   # frame, or this many of its frame intervals when those are longer
 
 
 class LatestFrames:
@@ -228,6 +230,7 @@ class LatestFrames:
         self._condition = threading.Condition()
         self._items: list = [None] * count
         self._last_put = [-float('inf')] * count
+        self._live_s = [LIVE_CAMERA_S] * count  # how long after its last frame it is live
         self._clock = clock
         self._closed = False
 
@@ -236,7 +239,11 @@ class LatestFrames:
         with self._condition:
             replaced = self._items[index] is not None
             self._items[index] = item
-            self._last_put[index] = self._clock()
+            now = self._clock()
+            interval = now - self._last_put[index]  # inf for its first frame
+            if interval != float('inf'):
+                self._live_s[index] = max(LIVE_CAMERA_S, LIVE_PERIODS * interval)
+            self._last_put[index] = now
             self._condition.notify()
             return replaced
 
@@ -246,16 +253,18 @@ class LatestFrames:
         after ``timeout`` with nothing waiting; None once closed.
 
         ``gather_s``: once a frame is in, wait up to this long for the other *live* cameras
-        (a frame within the last :data:`LIVE_CAMERA_S`), so frames of cameras triggered
-        together share a batch instead of the first one running alone; a camera that
-        stopped is not live and is never waited for.
+        (a frame within the last :data:`LIVE_CAMERA_S`, or :data:`LIVE_PERIODS` of its own
+        frame interval for a slower camera), so frames of cameras triggered together share a
+        batch instead of the first one running alone; a camera that stopped is soon not live
+        and then never waited for.
         """
         with self._condition:
             self._condition.wait_for(
                 lambda: self._closed or any(i is not None for i in self._items), timeout)
             if gather_s > 0 and not self._closed:
                 now = self._clock()
-                live = [i for i, last in enumerate(self._last_put) if now - last < LIVE_CAMERA_S]
+                live = [i for i, (last, window) in enumerate(zip(
+                    self._last_put, self._live_s, strict=True)) if now - last < window]
                 self._condition.wait_for(lambda: self._closed or all(
                     self._items[i] is not None for i in live), gather_s)
             if self._closed:
