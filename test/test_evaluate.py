@@ -316,3 +316,54 @@ def test_missing_coco_data_is_refused(checkpoint, tmp_path, capsys):
     assert code == 1
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and 'not found' in error
+
+
+# --------------------------------------------------------------------------- deployed path
+
+
+def test_backend_scores_the_deployed_path_and_an_exported_graph(tmp_path):
+    """--backend: the bundled model through the Segmenter (ONNX Runtime) scores like the
+    padded torch evaluation on the same scenes, and its exported .onnx file runs too."""
+    pytest.importorskip('onnxruntime')
+    from tokenmask_ros.bundled import default_model_path
+    from tokenmask_ros.runtime.export import export_onnx
+
+    bundled = default_model_path()
+    common = ['--synthetic', '6', '--seed', '12345', '--no-instance']
+    assert ev.main(['--checkpoint', str(bundled), *common, '--out', str(tmp_path / 'torch')]) == 0
+    assert ev.main(['--checkpoint', str(bundled), *common, '--backend', 'onnxruntime',
+                    '--out', str(tmp_path / 'ort')]) == 0
+    onnx_path = export_onnx(load_checkpoint(bundled), tmp_path / 'bundled.onnx')
+    assert ev.main(['--checkpoint', str(onnx_path), '--synthetic', '6', '--seed', '12345',
+                    '--backend', 'onnxruntime', '--out', str(tmp_path / 'onnx')]) == 0
+    torch_metrics, ort_metrics, onnx_metrics = (
+        json.loads((tmp_path / name / 'metrics.json').read_text())
+        for name in ('torch', 'ort', 'onnx'))
+    assert ort_metrics['config']['backend'] == 'onnxruntime'
+    assert ort_metrics['config']['precision'] == 'fp32'
+    assert ort_metrics['config']['semantic_mode'] == 'deployed'
+    assert 'ap' not in ort_metrics  # no per-query masks in the graph
+    # Same model, same scenes: decoding at the input size vs the original size differs only
+    # on boundary pixels, so PQ stays close; both exports are the same graph.
+    assert ort_metrics['pq'] > 20
+    assert abs(ort_metrics['pq'] - torch_metrics['pq']) < 3.0
+    assert onnx_metrics['pq'] == pytest.approx(ort_metrics['pq'], abs=1e-6)
+    assert len(json.loads((tmp_path / 'ort' / 'predictions.json').read_text())[
+        'annotations']) == 6
+
+
+def test_backend_refusals_are_one_line(checkpoint, tmp_path, capsys):
+    pytest.importorskip('onnxruntime')
+    from tokenmask_ros.runtime.export import export_onnx
+
+    onnx_path = export_onnx(load_checkpoint(checkpoint), tmp_path / 'tiny.onnx')
+    assert ev.main(['--checkpoint', str(onnx_path), '--synthetic', '2',
+                    '--out', str(tmp_path)]) == 1
+    assert '--backend onnxruntime' in capsys.readouterr().err
+    assert ev.main(['--checkpoint', str(checkpoint), '--synthetic', '2', '--instance',
+                    '--backend', 'onnxruntime', '--out', str(tmp_path)]) == 1
+    assert 'per-query masks' in capsys.readouterr().err
+    assert ev.main(['--checkpoint', str(checkpoint), '--synthetic', '2', '--backend', 'torch',
+                    '--precision', 'fp16', '--out', str(tmp_path)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith('evaluate.py: error: --backend torch') and '\n' not in error

@@ -21,6 +21,13 @@ Inference follows EoMT's evaluation (``docs/architecture.md``, "Evaluation"):
         --coco-panoptic val2017 panoptic_val2017 panoptic_val2017.json --plot 4
     python training/evaluate.py --checkpoint ade.safetensors \\
         --ade20k-semantic ADEChallengeData2016
+    python training/evaluate.py --checkpoint model-int8.onnx --backend openvino --synthetic 200
+
+``--backend`` scores what a robot runs instead: the Segmenter on that backend (letterbox to
+the input size, the exported graph, host decoding, nearest-neighbour resize of the segment
+map to the original size), so fp32 / fp16 / int8 exports are compared on the same scenes.
+Its semantic map is that of the panoptic result (unlabelled pixels count as misses) and it
+has no mask AP (the graph does not return per-query masks).
 
 Metrics (torchmetrics, wrapped by :mod:`training.metrics`): PQ / SQ / RQ overall, for things
 and for stuff, per class (PanopticQuality's rules and states, its per-image counting done
@@ -53,7 +60,7 @@ if not __package__:  # run as `python training/evaluate.py`: the repository onto
     import _repo_path  # noqa: F401
 
 from tokenmask_ros.cli import parse_size
-from tokenmask_ros.defaults import OVERLAP_THRESHOLD, SCORE_THRESHOLD
+from tokenmask_ros.defaults import BACKENDS, OVERLAP_THRESHOLD, PRECISIONS, SCORE_THRESHOLD
 from training.settings import INSTANCE_TOP_K, SEMANTIC_MODES
 
 
@@ -63,7 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     'class), mask AP and mIoU, with COCO-panoptic prediction files; or mIoU '
                     'on ADE20K SceneParsing with EoMT\'s sliding-window inference.')
     parser.add_argument('--checkpoint', required=True, type=Path,
-                        help='model checkpoint (.safetensors written by save_checkpoint)')
+                        help='model checkpoint (.safetensors written by save_checkpoint), or '
+                             'with --backend an exported graph (.onnx, e.g. an int8 export)')
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument('--synthetic', type=int, metavar='N',
                       help='evaluate on N freshly generated synthetic validation scenes '
@@ -114,6 +122,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='data loading worker processes (default: 0, in the main process)')
     parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu',
                         help='device to run the model on (default: cpu)')
+    parser.add_argument('--backend', choices=BACKENDS, default=None,
+                        help='score the deployed path instead: every image through the '
+                             'Segmenter on this backend (letterbox, the exported graph, host '
+                             'decoding), so exported fp32 / fp16 / int8 graphs are scored on '
+                             'the same scenes; semantic from its panoptic map, no mask AP')
+    parser.add_argument('--precision', choices=PRECISIONS, default='auto',
+                        help='with --backend: the precision to run (default: auto)')
     return parser.parse_args(argv)
 
 

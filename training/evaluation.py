@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from tokenmask_ros.bundled import not_found_message
 from tokenmask_ros.coco_panoptic_io import categories_json
-from tokenmask_ros.model import CheckpointError, load_checkpoint, load_config
+from tokenmask_ros.model import CheckpointError, load_checkpoint
 from training.eval_data import (
     EvalClass,
     EvaluationError,
@@ -74,6 +74,7 @@ class EvalRun:
     semantic_only: bool
     semantic_mode: str
     top_k: int  # instances decoded per image for mask AP; 0 = no mask AP
+    segmenter: object = None  # --backend: the deployed path, instead of ``model``
 
     @property
     def is_thing(self) -> list[bool]:
@@ -104,6 +105,14 @@ def check_options(args: argparse.Namespace) -> None:
                               'no thing classes')
     if not args.checkpoint.is_file():
         raise EvaluationError(not_found_message('checkpoint', args.checkpoint))
+    backend = getattr(args, 'backend', None)
+    if backend is None and args.checkpoint.suffix == '.onnx':
+        raise EvaluationError('an exported graph (.onnx) is evaluated through a runtime: add '
+                              '--backend onnxruntime (or openvino, tensorrt)')
+    if backend is not None and (args.ade20k_semantic is not None or args.instance):
+        raise EvaluationError('--backend scores the deployed panoptic path: not with '
+                              '--ade20k-semantic or --instance (the graph returns no '
+                              'per-query masks)')
 
 
 def _load_dataset(args: argparse.Namespace, config):
@@ -118,12 +127,26 @@ def _load_dataset(args: argparse.Namespace, config):
 
 def load_run(args: argparse.Namespace) -> EvalRun:
     """The checkpoint's model and the dataset, refused if their classes differ."""
+    from tokenmask_ros.runtime import BackendUnavailable
+    from tokenmask_ros.runtime.export import ExportError
+    from tokenmask_ros.runtime.segmenter import model_config
+
     try:
-        config = load_config(args.checkpoint)
-    except CheckpointError as error:
+        config = model_config(args.checkpoint)
+    except (CheckpointError, ExportError) as error:
         raise EvaluationError(str(error)) from None
     dataset, classes, source = _load_dataset(args, config)
     check_classes(config, classes, source)
+    if getattr(args, 'backend', None) is not None:
+        from tokenmask_ros.runtime import Segmenter
+
+        try:
+            segmenter = Segmenter(args.checkpoint, args.backend, args.device, args.precision,
+                                  score_threshold=args.score_threshold,
+                                  overlap_threshold=args.overlap_threshold)
+        except (BackendUnavailable, ExportError, ValueError) as error:
+            raise EvaluationError(f'--backend {args.backend}: {error}') from None
+        return EvalRun(None, config, dataset, classes, source, False, 'deployed', 0, segmenter)
     try:
         model = load_checkpoint(args.checkpoint, device=args.device)
     except CheckpointError as error:
@@ -140,6 +163,9 @@ def load_run(args: argparse.Namespace) -> EvalRun:
 
 def predict_batch(run: EvalRun, images: list, args: argparse.Namespace) -> list:
     """Predictions of one batch: class maps for semantic datasets, panoptic otherwise."""
+    if run.segmenter is not None:
+        return [run.segmenter(np.ascontiguousarray(plain_image(image).permute(1, 2, 0).numpy()))
+                for image in images]
     if run.semantic_only:
         return predict_semantic(run.model, images, args.device, run.semantic_mode)
     return predict(run.model, images, run.is_thing, args.device, args.score_threshold,
@@ -197,6 +223,9 @@ def run_description(run: EvalRun, args: argparse.Namespace) -> dict:
         'img_size': list(run.config.img_size), 'semantic_mode': run.semantic_mode,
         'instance': run.top_k > 0, 'instance_top_k': run.top_k, 'device': args.device,
     }
+    if run.segmenter is not None:
+        description.update(backend=run.segmenter.backend.name,
+                           precision=run.segmenter.backend.precision)
     if not run.semantic_only:
         description.update(score_threshold=args.score_threshold,
                            overlap_threshold=args.overlap_threshold)
@@ -224,8 +253,12 @@ def evaluate(args: argparse.Namespace) -> dict:
     (also written to disk)."""
     check_options(args)
     run = load_run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    result, outputs = evaluation_loop(run, args)
-    result['config'] = run_description(run, args)
-    write_results(run, result, outputs, args.out)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        result, outputs = evaluation_loop(run, args)
+        result['config'] = run_description(run, args)
+        write_results(run, result, outputs, args.out)
+    finally:
+        if run.segmenter is not None:
+            run.segmenter.close()
     return result
