@@ -149,3 +149,55 @@ def test_video_frames_are_used(images, tmp_path):
     frames = [i for i, (p, f) in enumerate(data.items) if f is not None]
     assert len(frames) == 3 and len(data) == 7
     assert data.read(frames[-1]).shape == (3, 32, 32)
+
+
+def test_ddp_run_equals_one_process_with_the_whole_batch(images, tmp_path):
+    """torchrun with 2 CPU processes (gloo): each distils half of every batch; the student
+    ends where one process with the whole batch ends."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    teacher = save_checkpoint(tiny_teacher(), tmp_path / 'teacher.safetensors')
+    options = ['--teacher', str(teacher), '--images', str(images), '--steps', '3',
+               '--batch-size', '4', '--lr', '1e-3', '--device', 'cpu', '--no-progress']
+    assert distill_main([*options, '--out', str(tmp_path / 'one')]) == 0
+    script = Path(__file__).resolve().parents[1] / 'training' / 'distill.py'
+    result = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node',
+         '2', str(script), *options, '--out', str(tmp_path / 'two')],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    one = load_file(str(tmp_path / 'one' / 'model.safetensors'))
+    two = load_file(str(tmp_path / 'two' / 'model.safetensors'))
+    start = student_from_teacher(load_checkpoint(teacher)).state_dict()
+    moved = [k for k in one if not torch.equal(one[k], start[k])]
+    assert moved  # the run changed the student
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert len((tmp_path / 'two' / 'metrics.csv').read_text().splitlines()) > 1
+
+
+def test_validation_logs_student_pq_at_each_checkpoint(images, tmp_path):
+    from tokenmask_ros.model import ClassInfo
+    from tokenmask_ros.synthetic import SYNTHETIC_CLASSES
+
+    torch.manual_seed(0)
+    classes = tuple(ClassInfo(c.name, c.is_thing, tuple(c.color)) for c in SYNTHETIC_CLASSES)
+    teacher = build_model(TokenMaskConfig(
+        backbone='vit_tiny_patch16_224', img_size=32, embed_dim=32, depth=2, num_heads=2,
+        num_queries=4, num_query_blocks=1, num_classes=len(classes), classes=classes,
+        head='eomt', upsample='feature', output_stride=4)).eval()
+    run = DistillConfig(teacher='t', images=str(images), steps=4, batch_size=2,
+                        checkpoint_every=2, device='cpu', eval_synthetic=2)
+    distill(run, teacher, tmp_path / 'run', progress=False)
+    rows = (tmp_path / 'run' / 'eval.csv').read_text().splitlines()
+    assert rows[0].split(',') == ['step', 'val_pq', 'val_pq_things', 'val_pq_stuff',
+                                  'val_miou']
+    assert [int(r.split(',')[0]) for r in rows[1:]] == [2, 4]
+    assert all(0.0 <= float(v) <= 100.0 for r in rows[1:] for v in r.split(',')[1:])
+    # A teacher with other classes than the validation set is refused before distilling.
+    with pytest.raises(Exception, match='class'):
+        distill(DistillConfig(teacher='t', images=str(images), steps=1, batch_size=2,
+                              device='cpu', eval_synthetic=2),
+                tiny_teacher(), tmp_path / 'bad', progress=False)

@@ -4,11 +4,13 @@
     python training/distill.py --teacher eomt.safetensors --images frames/ --out runs/d
     python training/distill.py --teacher eomt.safetensors --images frames/ --out runs/d \
         --resume runs/d/checkpoints/step_000500
+    torchrun --nproc-per-node 4 training/distill.py --teacher ... --batch-size 32   # DDP
 
 The teacher is a TokenMask-format checkpoint (``tokenmask import-eomt`` or ``train.py``
 with ``head: eomt``). ``--images`` is a folder of images and / or video files (every
 ``--video-stride``-th frame). Writes ``metrics.csv`` (and TensorBoard events when
-tensorboard is installed), ``checkpoints/step_N/`` and the student ``model.safetensors``.
+tensorboard is installed), ``checkpoints/step_N/`` and the student ``model.safetensors``;
+with ``--eval-synthetic N`` or ``--eval-coco`` also ``eval.csv`` (student PQ per checkpoint).
 The run is :mod:`training.distiller`.
 """
 
@@ -40,22 +42,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--amp', default='none', choices=('none', 'bf16', 'fp16'),
                         help='mixed precision (CUDA only)')
     parser.add_argument('--device', default='auto')
+    parser.add_argument('--eval-synthetic', type=int, default=0, metavar='N',
+                        help='log the student\'s PQ on N synthetic validation scenes at every '
+                             'checkpoint (eval.csv); for students of synthetic-class teachers')
+    parser.add_argument('--eval-coco', nargs=3, default=None,
+                        metavar=('IMAGES_DIR', 'PANOPTIC_DIR', 'JSON'),
+                        help='or on a labelled COCO-panoptic validation set (its first '
+                             '--eval-images images)')
+    parser.add_argument('--eval-images', type=int, default=200)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--no-progress', action='store_true', help='no tqdm bar')
     args = parser.parse_args(argv)
     from tokenmask_ros.model import CheckpointError, load_checkpoint
+    from training.datasets.common import DatasetError
     from training.distiller import DistillConfig, distill
+    from training.eval_data import EvaluationError
 
     config = DistillConfig(
         teacher=args.teacher, images=args.images, steps=args.steps, batch_size=args.batch_size,
         lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
         temperature=args.temperature, grad_clip=args.grad_clip,
         video_stride=args.video_stride, checkpoint_every=args.checkpoint_every,
-        log_every=args.log_every, amp=args.amp, device=args.device, seed=args.seed)
+        log_every=args.log_every, amp=args.amp, device=args.device, seed=args.seed,
+        eval_synthetic=args.eval_synthetic,
+        eval_coco=tuple(args.eval_coco) if args.eval_coco else None,
+        eval_images=args.eval_images)
     try:
         teacher = load_checkpoint(args.teacher)
         result = distill(config, teacher, args.out, args.resume, not args.no_progress)
-    except (FileNotFoundError, ValueError, CheckpointError) as error:
+    except (FileNotFoundError, ValueError, CheckpointError, EvaluationError,
+            DatasetError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
     print(f'step {result["step"]}: student written to {result["out"] / "model.safetensors"}')

@@ -131,10 +131,13 @@ class UnlabelledImages:
         rgb = torch.from_numpy(np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
         return preprocess(rgb.permute(2, 0, 1), self.img_size)[0]
 
-    def batch(self, step: int, size: int) -> torch.Tensor:
-        """The ``size`` images of optimizer step ``step`` as [size, 3, H, W]."""
+    def batch(self, step: int, size: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+        """Process ``rank``'s share (``size // world`` images) of the ``size`` images of
+        optimizer step ``step``, as [size // world, 3, H, W]."""
         indices = []
-        for position in range(step * size, (step + 1) * size):
+        share = size // world
+        first = step * size + rank * share
+        for position in range(first, first + share):
             epoch, offset = divmod(position, len(self.items))
             if epoch not in self._orders:
                 generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -166,6 +169,10 @@ class DistillConfig:
     amp: str = 'none'
     device: str = 'auto'
     seed: int = 0
+    eval_synthetic: int = 0  # > 0: PQ on that many synthetic validation scenes per checkpoint
+    eval_coco: tuple[str, str, str] | None = None  # or on a COCO-panoptic set (images, pngs, json)
+    eval_images: int = 200  # at most this many images of eval_coco
+    eval_seed: int = 12345
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -176,16 +183,29 @@ def distill(config: DistillConfig, teacher: TokenMask, out: str | Path,
     """Distil ``teacher`` into a fresh student for ``config.steps`` steps in ``out``.
 
     Returns ``{'step', 'losses', 'out', 'student'}`` (the per-step losses of this call).
-    One process; AMP (``bf16``/``fp16``) on CUDA only.
+    Under ``torchrun`` each process distils its share of every batch (DDP averages the
+    gradients, so the run equals one process with the whole batch) and process 0 writes;
+    AMP (``bf16``/``fp16``) on CUDA only. With ``eval_synthetic`` / ``eval_coco`` the
+    student's PQ is logged to ``eval.csv`` at every checkpoint and at the end.
     """
+    from training.trainer import setup_distributed
+
     if config.amp not in ('none', 'bf16', 'fp16'):
         raise ValueError(f'amp must be none, bf16 or fp16, got {config.amp!r}')
+    world, rank, local_rank = setup_distributed()
+    if config.batch_size % world:
+        raise ValueError(f'batch size {config.batch_size} is not a multiple of the world '
+                         f'size {world}')
     out = Path(out)
-    device = torch.device(('cuda' if torch.cuda.is_available() else 'cpu')
+    device = torch.device((f'cuda:{local_rank}' if torch.cuda.is_available() else 'cpu')
                           if config.device == 'auto' else config.device)
     torch.manual_seed(config.seed)
     teacher = teacher.to(device).eval().requires_grad_(False)
     student = student_from_teacher(teacher).to(device).train()
+    forward = student if world == 1 else torch.nn.parallel.DistributedDataParallel(
+        student, device_ids=[local_rank] if device.type == 'cuda' else None)
+    wants_validation = config.eval_synthetic > 0 or bool(config.eval_coco)
+    validation = Validation(config, student.config) if rank == 0 and wants_validation else None
     data = UnlabelledImages(config.images, student.config.img_size, config.seed,
                             config.video_stride)
     optimizer = build_optimizer(student, config.lr, config.weight_decay, config.layer_decay)
@@ -196,19 +216,21 @@ def distill(config: DistillConfig, teacher: TokenMask, out: str | Path,
     if resume:
         start = load_resume(resume, student, student.config, optimizer, scheduler, scaler,
                             None, device)
-    out.mkdir(parents=True, exist_ok=True)
-    log = MetricLog(out, True)
+    main = rank == 0
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    log = MetricLog(out, main)
     elapsed, started = previous_elapsed(out / 'metrics.csv', start), time.monotonic()
     dtype = torch.float16 if amp == 'fp16' else torch.bfloat16
     losses: list[float] = []
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps,
-               disable=not progress, dynamic_ncols=True, desc='distill')
+               disable=not (progress and main), dynamic_ncols=True, desc='distill')
     for step in bar:
-        images = data.batch(step, config.batch_size).to(device)
+        images = data.batch(step, config.batch_size, rank, world).to(device)
         with torch.autocast(device.type, dtype=dtype, enabled=amp != 'none'):
             with torch.no_grad():
                 target = teacher(images)
-            parts = distill_loss(student(images), target, config.temperature)
+            parts = distill_loss(forward(images), target, config.temperature)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(parts['loss']).backward()  # parts become floats below
         scaler.unscale_(optimizer)
@@ -218,7 +240,7 @@ def distill(config: DistillConfig, teacher: TokenMask, out: str | Path,
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        parts = {k: float(v.detach()) for k, v in parts.items()}
+        parts = _mean_over_processes(parts, world)
         loss = parts['loss']
         losses.append(loss)
         bar.set_postfix(loss=f'{loss:.4f}')
@@ -228,12 +250,52 @@ def distill(config: DistillConfig, teacher: TokenMask, out: str | Path,
             log.log(done, {**parts,
                            'grad_norm': float(grad_norm), 'lr_head': lr,
                            'elapsed_s': elapsed + time.monotonic() - started})
-        if checkpoint and done != config.steps:
+        if checkpoint and done != config.steps and main:
             save_all(out, done, student, optimizer, scheduler, scaler, config)
+            if validation is not None:
+                log.log(done, validation(student, device), 'eval.csv')
     bar.close()
-    if config.steps > start:
+    if config.steps > start and main:
         save_all(out, config.steps, student, optimizer, scheduler, scaler, config)
         save_checkpoint(student, out / 'model.safetensors',
                         {'step': config.steps, 'distilled_from': config.teacher})
+        if validation is not None:
+            log.log(config.steps, validation(student, device), 'eval.csv')
     log.close()
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return {'step': max(start, config.steps), 'losses': losses, 'out': out, 'student': student}
+
+
+def _mean_over_processes(parts: dict[str, torch.Tensor], world: int) -> dict[str, float]:
+    """The loss parts as floats, averaged over the processes of a DDP run (for the log)."""
+    values = torch.stack([v.detach().float() for v in parts.values()])
+    if world > 1:
+        torch.distributed.all_reduce(values)
+        values /= world
+    return dict(zip(parts, values.tolist(), strict=True))
+
+
+class Validation:
+    """The optional labelled validation set of a distillation run: PQ of the student with
+    ``evaluate.py``'s inference and metrics (so later ``evaluate.py`` runs agree)."""
+
+    def __init__(self, config: DistillConfig, model_config):
+        from training.eval_data import check_classes, coco_dataset, synthetic_dataset
+
+        if config.eval_coco:
+            dataset, self.classes = coco_dataset(*config.eval_coco)
+            count = min(config.eval_images, len(dataset))
+        else:
+            dataset, self.classes = synthetic_dataset(
+                config.eval_synthetic, config.eval_seed, tuple(model_config.img_size))
+            count = len(dataset)
+        check_classes(model_config, self.classes, 'validation')
+        self.samples = [dataset[i] for i in range(count)]
+
+    def __call__(self, student: TokenMask, device: torch.device) -> dict[str, float]:
+        from training.evaluation import evaluate_model
+
+        result = evaluate_model(student, self.samples, self.classes, device)
+        return {f'val_{k}': result[k] for k in ('pq', 'pq_things', 'pq_stuff', 'miou')}
