@@ -74,6 +74,20 @@ from tokenmask_ros.cli import parse_size
 from tokenmask_ros.ros.processes import console_command, spin_until
 
 NAMESPACE = '/node_benchmark'
+
+
+def stop_processes(processes) -> None:
+    """SIGINT every node process still running (a clean rclpy shutdown), kill laggards."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def frames(args) -> list[np.ndarray]:
     """The frames image_source publishes for ``source:=synthetic`` with the same size/seed."""
     from tokenmask_ros.synthetic import SceneGenerator
@@ -181,14 +195,7 @@ def node_pass(args, period_s: float, folder: Path) -> tuple[list[float], dict]:
                 'in_node_p50': float(diagnostics.get('latency p50 (ms)', 'nan'))}
         return latency[args.warmup:], info
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
         node.destroy_node()
         rclpy.try_shutdown()
 
@@ -285,14 +292,7 @@ def cameras_pass(args, count: int, setup: str, folder: Path) -> dict:
         memory = [process_memory_mb(pid) for pid in pids]
         window = [latency for arrival, latency in arrivals[first:] if arrival <= start + seconds]
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
         node.destroy_node()
         rclpy.try_shutdown()
     latency = stats(window)

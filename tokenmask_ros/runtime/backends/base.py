@@ -69,3 +69,15 @@ def fit_content_size(content_size, shape: tuple[int, ...]) -> np.ndarray:
         return np.ascontiguousarray(np.broadcast_to(content, shape))
     raise ValueError(f'content_size must have shape {list(shape)} (or [2]), '
                      f'got {list(content.shape)}')
+
+
+def graph_feed(image: np.ndarray, content_size, score_threshold: float,
+               content_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """The deploy graph's named inputs for a runtime that takes NumPy arrays (ONNX Runtime,
+    OpenVINO): uint8 images, ``content_size`` fitted to the export's shape, the threshold."""
+    from tokenmask_ros.runtime.graph import INPUT_NAMES
+
+    return dict(zip(INPUT_NAMES, (
+        np.ascontiguousarray(image, dtype=np.uint8),
+        fit_content_size(content_size, content_shape),
+        np.array([score_threshold], dtype=np.float32)), strict=True))

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from tokenmask_ros.model.postprocess import PanopticScores
-from tokenmask_ros.runtime.backends.base import Backend, fit_content_size
+from tokenmask_ros.runtime.backends.base import Backend, graph_feed
 from tokenmask_ros.runtime.engine_cache import cache_root, prepare_cache_dir
 from tokenmask_ros.runtime.errors import BackendUnavailable, CacheError, LoadError, one_line
-from tokenmask_ros.runtime.graph import INPUT_NAMES, OUTPUT_NAMES
+from tokenmask_ros.runtime.graph import OUTPUT_NAMES
 
 log = logging.getLogger('tokenmask_ros.runtime')
 
@@ -104,10 +104,7 @@ class OnnxRuntimeBackend(Backend):
     def run(self, image: np.ndarray, content_size: np.ndarray,
             score_threshold: float) -> PanopticScores:
         self.check_batch(image)
-        feed = dict(zip(INPUT_NAMES, (
-            np.ascontiguousarray(image, dtype=np.uint8),
-            fit_content_size(content_size, self._content_shape),
-            np.array([score_threshold], dtype=np.float32)), strict=True))
+        feed = graph_feed(image, content_size, score_threshold, self._content_shape)
         return PanopticScores(*self.session.run(list(OUTPUT_NAMES), feed))
 
     def close(self) -> None:

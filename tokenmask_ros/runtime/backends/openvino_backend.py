@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from tokenmask_ros.model.postprocess import PanopticScores
-from tokenmask_ros.runtime.backends.base import Backend, fit_content_size
+from tokenmask_ros.runtime.backends.base import Backend, graph_feed
 from tokenmask_ros.runtime.engine_cache import cache_root, prepare_cache_dir
 from tokenmask_ros.runtime.errors import BackendUnavailable, CacheError, LoadError, one_line
 from tokenmask_ros.runtime.graph import INPUT_NAMES, OUTPUT_NAMES
@@ -167,10 +167,7 @@ class OpenVINOBackend(Backend):
     def run(self, image: np.ndarray, content_size: np.ndarray,
             score_threshold: float) -> PanopticScores:
         self.check_batch(image)
-        feed = dict(zip(INPUT_NAMES, (
-            np.ascontiguousarray(image, dtype=np.uint8),
-            fit_content_size(content_size, self._content_shape),
-            np.array([score_threshold], dtype=np.float32)), strict=True))
+        feed = graph_feed(image, content_size, score_threshold, self._content_shape)
         results = self.request.infer(feed)
         return PanopticScores(*(results[output] for output in self._outputs))
 
