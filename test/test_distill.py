@@ -201,3 +201,30 @@ def test_validation_logs_student_pq_at_each_checkpoint(images, tmp_path):
         distill(DistillConfig(teacher='t', images=str(images), steps=1, batch_size=2,
                               device='cpu', eval_synthetic=2),
                 tiny_teacher(), tmp_path / 'bad', progress=False)
+
+
+def test_mask_stage_keeps_the_teacher_classes_and_a_later_stage_continues_it(images,
+                                                                             tmp_path):
+    teacher = tiny_teacher()
+    mask_stage = distill(DistillConfig(teacher='t', images=str(images), steps=3, batch_size=2,
+                                       lr=1e-2, device='cpu', train='mask'),
+                         teacher, tmp_path / 'mask', progress=False)['student']
+    start = student_from_teacher(teacher).state_dict()
+    after = mask_stage.state_dict()
+    changed = {k for k in start if not torch.equal(start[k], after[k])}
+    assert changed and all(k.startswith('mask_mlp.') for k in changed)
+    probe = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(mask_stage.eval()(probe).class_logits,
+                                   teacher(probe).class_logits)
+    later = distill(DistillConfig(teacher='t', images=str(images), steps=1, batch_size=2,
+                                  lr=0.0, device='cpu',
+                                  student_init=str(tmp_path / 'mask' / 'model.safetensors')),
+                    teacher, tmp_path / 'all', progress=False)['student']
+    for key, value in after.items():  # lr 0: the later stage starts exactly there
+        torch.testing.assert_close(later.state_dict()[key], value, msg=key)
+    with pytest.raises(ValueError, match='not a student of this teacher'):
+        distill(DistillConfig(teacher='t', images=str(images), steps=1, batch_size=2,
+                              device='cpu', student_init=str(tmp_path / 'mask' /
+                                                             'model.safetensors')),
+                tiny_teacher(output_stride=8), tmp_path / 'bad', progress=False)

@@ -197,7 +197,7 @@ def distil_student(args: argparse.Namespace, out: Path, run: Path) -> None:
 
     teacher = run_folder(out, TEACHER) / 'model.safetensors'
     images = write_unlabelled_scenes(out / 'unlabelled', args.distil_images, args.size,
-                                     args.seed + 1000)
+                                     args.seed + 1000, progress=not args.no_progress)
     config = DistillConfig(teacher=str(teacher), images=str(images), steps=args.steps,
                            batch_size=args.batch_size, lr=args.lr, grad_clip=1.0,
                            warmup=max(1, args.steps // 40),
@@ -209,7 +209,7 @@ def distil_student(args: argparse.Namespace, out: Path, run: Path) -> None:
 
 
 def write_unlabelled_scenes(folder: Path, count: int, size: tuple[int, int],
-                            seed: int) -> Path:
+                            seed: int, progress: bool = True) -> Path:
     """``count`` training-stream synthetic scenes as PNG files, without their labels."""
     import cv2
     from tqdm import tqdm
@@ -221,7 +221,8 @@ def write_unlabelled_scenes(folder: Path, count: int, size: tuple[int, int],
         return folder
     width, height = size
     generator = scene_generator('train', width, height, seed)
-    for index in tqdm(range(count), desc='unlabelled scenes', dynamic_ncols=True):
+    for index in tqdm(range(count), desc='unlabelled scenes', dynamic_ncols=True,
+                      disable=not progress):
         rgb = generator.scene(index).image
         cv2.imwrite(str(folder / f'scene_{index:05d}.png'), rgb[:, :, ::-1])
     return folder

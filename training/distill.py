@@ -41,6 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--log-every', type=int, default=10)
     parser.add_argument('--amp', default='none', choices=('none', 'bf16', 'fp16'),
                         help='mixed precision (CUDA only)')
+    parser.add_argument('--train', default='all', choices=('all', 'mask'),
+                        help='what learns: all of the student, or only its mask MLP (the '
+                             'backbone, queries and class head stay the teacher\'s, so the '
+                             'classes stay exactly the teacher\'s; cheaper steps)')
+    parser.add_argument('--student-init', default=None, metavar='FILE',
+                        help='start from this student of the same teacher (e.g. the '
+                             'model.safetensors of a --train mask run) instead of the teacher')
     parser.add_argument('--device', default='auto')
     parser.add_argument('--eval-synthetic', type=int, default=0, metavar='N',
                         help='log the student\'s PQ on N synthetic validation scenes at every '
@@ -64,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         temperature=args.temperature, grad_clip=args.grad_clip,
         video_stride=args.video_stride, checkpoint_every=args.checkpoint_every,
         log_every=args.log_every, amp=args.amp, device=args.device, seed=args.seed,
+        train=args.train, student_init=args.student_init,
         eval_synthetic=args.eval_synthetic,
         eval_coco=tuple(args.eval_coco) if args.eval_coco else None,
         eval_images=args.eval_images)

@@ -64,7 +64,11 @@ def distill_loss(student_out: SegmentationOutput, teacher_out: SegmentationOutpu
     Class: KL(teacher || student) of the softmax at ``temperature`` (times T^2, Hinton's
     scaling), mean over queries. Mask: binary cross-entropy of the student's mask logits
     against the teacher's probabilities at the student's resolution, minus the teacher's own
-    entropy (the same gradient as BCE, but 0 when the student matches), mean over pixels.
+    entropy (the same gradient as BCE, but 0 when the student matches), averaged over pixels,
+    weighted per query by the teacher's probability that the query is an object, and
+    averaged over the queries:
+    the masks of no-object queries are never used, and matching them only pulls the shared
+    backbone away from the classes.
     """
     t_class = teacher_out.class_logits.detach().float() / temperature
     s_class = student_out.class_logits.float() / temperature
@@ -75,9 +79,11 @@ def distill_loss(student_out: SegmentationOutput, teacher_out: SegmentationOutpu
     if t_mask.shape[-2:] != s_mask.shape[-2:]:
         t_mask = F.interpolate(t_mask, s_mask.shape[-2:], mode='bilinear', align_corners=False)
     target = torch.sigmoid(t_mask)
-    bce = F.binary_cross_entropy_with_logits(s_mask, target)
-    entropy = F.binary_cross_entropy_with_logits(t_mask, target)
-    mask = bce - entropy
+    bce = F.binary_cross_entropy_with_logits(s_mask, target, reduction='none')
+    entropy = F.binary_cross_entropy_with_logits(t_mask, target, reduction='none')
+    per_query = (bce - entropy).flatten(2).mean(-1)  # [B, K]
+    objectness = 1 - teacher_out.class_logits.detach().float().softmax(-1)[..., -1]
+    mask = (per_query * objectness).mean()  # a plain mean: DDP shards average to the batch's
     return {'loss': kl + mask, 'loss_class': kl, 'loss_mask': mask}
 
 
@@ -169,6 +175,8 @@ class DistillConfig:
     amp: str = 'none'
     device: str = 'auto'
     seed: int = 0
+    train: str = 'all'  # 'mask': only the mask MLP learns; classes stay the teacher's exactly
+    student_init: str | None = None  # start from this student (e.g. a --train mask stage)
     eval_synthetic: int = 0  # > 0: PQ on that many synthetic validation scenes per checkpoint
     eval_coco: tuple[str, str, str] | None = None  # or on a COCO-panoptic set (images, pngs, json)
     eval_images: int = 200  # at most this many images of eval_coco
@@ -202,6 +210,13 @@ def distill(config: DistillConfig, teacher: TokenMask, out: str | Path,
     torch.manual_seed(config.seed)
     teacher = teacher.to(device).eval().requires_grad_(False)
     student = student_from_teacher(teacher).to(device).train()
+    if config.student_init:
+        _load_student(student, config.student_init)
+    if config.train not in ('all', 'mask'):
+        raise ValueError(f"train must be 'all' or 'mask', got {config.train!r}")
+    if config.train == 'mask':  # the student's class path is the teacher's: keep it exact
+        student.requires_grad_(False)
+        student.mask_mlp.requires_grad_(True)
     forward = student if world == 1 else torch.nn.parallel.DistributedDataParallel(
         student, device_ids=[local_rank] if device.type == 'cuda' else None)
     wants_validation = config.eval_synthetic > 0 or bool(config.eval_coco)
@@ -266,6 +281,18 @@ def distill(config: DistillConfig, teacher: TokenMask, out: str | Path,
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return {'step': max(start, config.steps), 'losses': losses, 'out': out, 'student': student}
+
+
+def _load_student(student: TokenMask, path: str) -> None:
+    """The weights of an earlier student of this teacher (same config), e.g. to continue a
+    ``--train mask`` stage with ``--train all``."""
+    from tokenmask_ros.model import load_checkpoint
+
+    earlier = load_checkpoint(path)
+    if earlier.config.to_dict() != student.config.to_dict():
+        raise ValueError(f'--student-init {path}: not a student of this teacher (its model '
+                         'config differs from the student the teacher makes)')
+    student.load_state_dict(earlier.state_dict())
 
 
 def _mean_over_processes(parts: dict[str, torch.Tensor], world: int) -> dict[str, float]:
