@@ -199,7 +199,7 @@ def test_checkpoint_without_class_names_treats_every_class_as_a_thing(tmp_path):
     ({'max_pixels': 0}, 'max_pixels'),
     ({'backend': 'tensorrt8'}, 'backend'),
     ({'device': 'gpu'}, 'device'),
-    ({'precision': 'int8'}, 'precision'),
+    ({'precision': 'int4'}, 'precision'),
 ])
 def test_bad_arguments_are_refused_before_any_backend_is_built(checkpoint, tmp_path, options,
                                                                 message):

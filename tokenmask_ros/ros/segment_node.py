@@ -1174,8 +1174,12 @@ def main(args=None) -> int:
             # backend, whatever a backend library raises: one clear line, exit code 1.
             logger.fatal(f'cannot start: {one_line(error)}')
             return 1
-        executor.spin()
-        return 0
+        # Not executor.spin(): if a library swallowed the handler's exception (a signal that
+        # arrived inside its code while the model loaded), the recorded signal still ends
+        # the loop within 0.1 s.
+        while signals.received is None:
+            executor.spin_once(timeout_sec=0.1)
+        raise ShutdownRequested(signals.received)
     except ShutdownRequested as request:
         (node.get_logger() if node is not None else logger).info(f'shutting down on {request}')
         return 0
