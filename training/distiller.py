@@ -220,7 +220,14 @@ def distill(config: DistillConfig, teacher: TokenMask, out: str | Path,
     forward = student if world == 1 else torch.nn.parallel.DistributedDataParallel(
         student, device_ids=[local_rank] if device.type == 'cuda' else None)
     wants_validation = config.eval_synthetic > 0 or bool(config.eval_coco)
-    validation = Validation(config, student.config) if rank == 0 and wants_validation else None
+    validation = None
+    if rank == 0 and wants_validation:
+        from training.periodic_eval import ValidationSet
+
+        validation = ValidationSet(
+            student.config, config.eval_images if config.eval_coco else config.eval_synthetic,
+            coco_paths=config.eval_coco, seed=config.eval_seed,
+            size=tuple(student.config.img_size))
     data = UnlabelledImages(config.images, student.config.img_size, config.seed,
                             config.video_stride)
     optimizer = build_optimizer(student, config.lr, config.weight_decay, config.layer_decay)
@@ -302,27 +309,3 @@ def _mean_over_processes(parts: dict[str, torch.Tensor], world: int) -> dict[str
         torch.distributed.all_reduce(values)
         values /= world
     return dict(zip(parts, values.tolist(), strict=True))
-
-
-class Validation:
-    """The optional labelled validation set of a distillation run: PQ of the student with
-    ``evaluate.py``'s inference and metrics (so later ``evaluate.py`` runs agree)."""
-
-    def __init__(self, config: DistillConfig, model_config):
-        from training.eval_data import check_classes, coco_dataset, synthetic_dataset
-
-        if config.eval_coco:
-            dataset, self.classes = coco_dataset(*config.eval_coco)
-            count = min(config.eval_images, len(dataset))
-        else:
-            dataset, self.classes = synthetic_dataset(
-                config.eval_synthetic, config.eval_seed, tuple(model_config.img_size))
-            count = len(dataset)
-        check_classes(model_config, self.classes, 'validation')
-        self.samples = [dataset[i] for i in range(count)]
-
-    def __call__(self, student: TokenMask, device: torch.device) -> dict[str, float]:
-        from training.evaluation import evaluate_model
-
-        result = evaluate_model(student, self.samples, self.classes, device)
-        return {f'val_{k}': result[k] for k in ('pq', 'pq_things', 'pq_stuff', 'miou')}
