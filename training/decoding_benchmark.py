@@ -78,8 +78,11 @@ class GraphRunner:
     """One deploy graph on one backend: ``run(inputs) -> outputs`` as NumPy arrays."""
 
     def __init__(self, model, backend: str, decoded: int | None, folder: Path):
-        from tokenmask_ros.runtime.graph import DeployGraph
+        import torch
 
+        from tokenmask_ros.runtime.graph import INPUT_NAMES, OUTPUT_NAMES, DeployGraph
+
+        self.torch, self.input_names, self.output_names = torch, INPUT_NAMES, OUTPUT_NAMES
         self.backend = backend
         if backend == 'torch':
             self.graph = DeployGraph(model, decoded)
@@ -93,14 +96,13 @@ class GraphRunner:
             self.session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
 
     def run(self, inputs):
-        import torch
-
-        from tokenmask_ros.runtime.graph import INPUT_NAMES, OUTPUT_NAMES
-
+        """One call of the graph (imports done in ``__init__``: this is the timed part)."""
+        torch = self.torch
         if self.backend == 'torch':
             with torch.inference_mode():
                 return [t.numpy() for t in self.graph(*(torch.from_numpy(x) for x in inputs))]
-        return self.session.run(list(OUTPUT_NAMES), dict(zip(INPUT_NAMES, inputs, strict=True)))
+        return self.session.run(list(self.output_names),
+                                dict(zip(self.input_names, inputs, strict=True)))
 
 
 def threshold_keeping(runner: GraphRunner, image, content, count: int,

@@ -269,9 +269,10 @@ def parse_metadata(props: dict[str, str], path: str | Path) -> dict:
     props = check_metadata(props, path)
     try:
         height, width = (int(v) for v in props['input_size'].split('x'))
-        config = json.loads(props.get('config', '{}'))
-        # Exports made before query selection decode every query.
-        decoded = int(props.get('decoded_queries', config.get('num_queries', 0)))
+        decoded = props.get('decoded_queries')
+        if decoded is None:  # exports made before query selection decode every query
+            decoded = json.loads(props.get('config', '{}')).get('num_queries', 0)
+        decoded = int(decoded)
         return {'format_version': props['format_version'], 'precision': props['precision'],
                 'input_size': (height, width), 'batch': int(props['batch']),
                 'decoded_queries': decoded,
