@@ -157,6 +157,42 @@ def test_onnx_runtime_capped_graph_equals_the_full_graph(k200_checkpoint, tmp_pa
                                       err_msg=name)
 
 
+def test_onnx_runtime_kept_selection_decodes_only_the_kept_queries(k200_checkpoint, tmp_path):
+    """Selection 'kept' (a data-dependent TopK size in the export) gives the outputs of the
+    full graph for 0, 1, 7 and 32 kept queries, and those of a fixed-cap graph."""
+    pytest.importorskip('onnxruntime')
+    import onnx
+
+    from tokenmask_ros.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from tokenmask_ros.runtime.export import export_onnx, read_onnx_metadata
+
+    model = load_checkpoint(k200_checkpoint)
+    paths = {name: export_onnx(model, tmp_path / f'{name}.onnx', decoded_queries=cap,
+                               selection=selection)
+             for name, cap, selection in (('full', None, 'fixed'), ('fixed', 32, 'fixed'),
+                                          ('kept', 32, 'kept'))}
+    assert read_onnx_metadata(paths['kept'])['selection'] == 'kept'
+    top_k = [n for n in onnx.load(paths['kept']).graph.node if n.op_type == 'TopK']
+    initializers = {t.name for t in onnx.load(paths['kept']).graph.initializer}
+    assert any(n.input[1] not in initializers for n in top_k)  # K computed in the graph
+    backends = {name: OnnxRuntimeBackend(path) for name, path in paths.items()}
+    image = np.random.default_rng(5).integers(0, 256, (1, 3, *INPUT_SIZE), dtype=np.uint8)
+    content = np.array(INPUT_SIZE, np.int32)
+    everything = backends['full'].run(image, content, 0.0)
+    real_class = everything.query_class[0] != len(CLASSES)
+    scores = np.sort(np.where(real_class, everything.query_score[0], -1))[::-1]
+    for kept in (0, 1, 7, 32):
+        threshold = 1.0 if kept == 0 else float((scores[kept - 1] + scores[kept]) / 2)
+        outputs = {name: b.run(image, content, threshold) for name, b in backends.items()}
+        assert int(outputs['full'].keep.sum()) == kept
+        for name in ('fixed', 'kept'):
+            for field in ('segment_map', 'query_class', 'query_score', 'keep', 'won_area',
+                          'mask_area'):
+                np.testing.assert_array_equal(getattr(outputs['full'], field),
+                                              getattr(outputs[name], field),
+                                              err_msg=f'{name} {field} ({kept} kept)')
+
+
 def test_segmenter_reports_a_binding_cap(k200_checkpoint, tmp_path, caplog):
     pytest.importorskip('onnxruntime')
     from tokenmask_ros.runtime import Segmenter

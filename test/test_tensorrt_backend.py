@@ -417,7 +417,8 @@ def fake_tensorrt(monkeypatch):
 def fp32_onnx(checkpoint, tmp_path_factory):
     from tokenmask_ros.runtime.export import cached_onnx
 
-    return cached_onnx(checkpoint, 'fp32', tmp_path_factory.mktemp('onnx32'))
+    return cached_onnx(checkpoint, 'fp32', tmp_path_factory.mktemp('onnx32'),
+                       selection='fixed')
 
 
 def reference_outputs(onnx_path, image, content_size, threshold):
@@ -553,6 +554,27 @@ def test_emulated_build_failure_is_clear_and_auto_moves_on(fake_tensorrt, checkp
     assert 'backend auto: tensorrt failed' in caplog.text
 
 
+def test_emulated_tensorrt_gets_a_fixed_selection_export_and_refuses_a_kept_one(
+        fake_tensorrt, checkpoint, tmp_path):
+    """TensorRT needs static shapes: create_backend exports with selection 'fixed'; an export
+    that decodes a data-dependent number of queries is refused in one sentence."""
+    from tokenmask_ros.runtime.errors import LoadError
+    from tokenmask_ros.runtime.export import cached_onnx, read_onnx_metadata
+
+    backend = create_backend('tensorrt', checkpoint, device='cuda', cache_dir=tmp_path)
+    try:
+        assert read_onnx_metadata(backend.onnx_path)['selection'] == 'fixed'
+        assert backend.onnx_path.stem.endswith('-fixed')
+    finally:
+        backend.close()
+    kept = cached_onnx(checkpoint, 'fp32', tmp_path)
+    assert read_onnx_metadata(kept)['selection'] == 'kept'
+    with pytest.raises(LoadError, match='--selection fixed') as info:
+        TensorRTBackend(kept, 'cuda', cache_dir=tmp_path)
+    assert_one_sentence(info.value)
+    assert len(fake_tensorrt.builds) == 1
+
+
 def test_emulated_close_is_idempotent_and_final(fake_tensorrt, fp32_onnx, tmp_path):
     backend = TensorRTBackend(fp32_onnx, 'cuda', cache_dir=tmp_path)
     cuda = backend._cuda
@@ -574,7 +596,7 @@ def onnx_paths(checkpoint, tmp_path_factory):
     from tokenmask_ros.runtime.export import cached_onnx
 
     cache = tmp_path_factory.mktemp('onnx')
-    return {p: cached_onnx(checkpoint, p, cache) for p in ('fp32', 'fp16')}
+    return {p: cached_onnx(checkpoint, p, cache, selection='fixed') for p in ('fp32', 'fp16')}
 
 
 def canvas_inputs(size, seed=0):

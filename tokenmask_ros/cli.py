@@ -15,11 +15,13 @@ from tokenmask_ros import __version__
 from tokenmask_ros.bundled import BUNDLED_MODELS, not_found_message, resolve_model_path
 from tokenmask_ros.defaults import (  # torch-free: building the parser stays fast
     BACKENDS,
+    DECODED_QUERIES,
     LABEL_DIVISOR,
     MAX_IMAGE_PIXELS,
     OVERLAP_THRESHOLD,
     PRECISIONS,
     SCORE_THRESHOLD,
+    SELECTIONS,
     TRACK_MAX_AGE,
     TRACK_MIN_IOU,
 )
@@ -688,7 +690,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     --int8 writes a calibrated INT8 (QDQ) graph for onnxruntime and openvino: the layers with
     weights in int8, attention softmax, LayerNorm and the decoding in float; calibrated on
     --calibration DIR (images like the robot's camera sees, letterboxed as at run time) or
-    --synthetic N synthetic scenes (only for models trained on them).
+    --synthetic N synthetic scenes (only for models trained on them). The graph decodes
+    only the frame's kept queries (--selection kept, for onnxruntime / openvino); TensorRT
+    needs static shapes: --selection fixed (the default with --fp16).
     """
     try:
         checkpoint = _find_model(args.checkpoint, 'checkpoint')
@@ -707,6 +711,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.int8 and args.fp16:
         return _error('export', '--int8 and --fp16 exclude each other: int8 is quantized '
                       'from the fp32 graph', 2)
+    selection = args.selection or ('fixed' if args.fp16 else 'kept')
     from tokenmask_ros.model import CheckpointError, build_model, load_checkpoint
     from tokenmask_ros.model.backbone import fit_position_embedding
     from tokenmask_ros.runtime.errors import BackendUnavailable
@@ -720,9 +725,11 @@ def cmd_export(args: argparse.Namespace) -> int:
             model = build_model(config)
             model.load_state_dict(state)
         if args.int8:
-            path = _export_int8(model.eval(), Path(args.output), args.opset, calibration)
+            path = _export_int8(model.eval(), Path(args.output), args.opset, calibration,
+                                selection)
         else:
-            path = export_onnx(model.eval(), args.output, fp16=args.fp16, opset=args.opset)
+            path = export_onnx(model.eval(), args.output, fp16=args.fp16, opset=args.opset,
+                               selection=selection)
     except (CheckpointError, ExportError, ValueError, OSError, BackendUnavailable) as error:
         return _error('export', error, 1)
     height, width = model.config.img_size
@@ -732,7 +739,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_int8(model, output: Path, opset: int, calibration: str) -> Path:
+def _export_int8(model, output: Path, opset: int, calibration: str, selection: str) -> Path:
     """The fp32 export of ``model`` beside ``output`` (a temp file), quantized into
     ``output``; the calibration source is checked before the export."""
     import tempfile
@@ -743,7 +750,7 @@ def _export_int8(model, output: Path, opset: int, calibration: str) -> Path:
     calibration_key(calibration)  # CalibrationError (a ValueError) for a bad source
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix='.tokenmask-export-') as tmp:
-        fp32 = export_onnx(model, Path(tmp) / 'fp32.onnx', opset=opset)
+        fp32 = export_onnx(model, Path(tmp) / 'fp32.onnx', opset=opset, selection=selection)
         return quantize_int8(fp32, output, calibration)
 
 
@@ -770,6 +777,11 @@ def _add_export(subparsers) -> None:
     parser.add_argument('--size', type=parse_size, metavar='WxH',
                         help='network input WIDTHxHEIGHT, multiples of 16, e.g. 640x480 '
                         "(default: the checkpoint's)")
+    parser.add_argument('--selection', choices=SELECTIONS,
+                        help="queries the graph decodes: 'kept' (only the frame's kept ones, "
+                        "onnxruntime / openvino) or 'fixed' (the best "
+                        f"{DECODED_QUERIES}, static shapes for TensorRT); default kept, "
+                        'fixed with --fp16')
     parser.add_argument('--opset', type=int, default=18, choices=(18, 19, 20),
                         help='ONNX opset (default 18; TensorRT parses 18-20)')
     parser.set_defaults(func=cmd_export)

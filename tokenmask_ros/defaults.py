@@ -23,6 +23,10 @@ MAX_IMAGE_PIXELS = 16_777_216
 #: queries (kept ones first): exact while at most that many queries pass the score
 #: threshold, which covers typical scenes; more are reported and the lowest-scoring dropped.
 DECODED_QUERIES = 64
+#: How the deploy graph picks them: 'kept' decodes only the frame's kept queries (a
+#: data-dependent count: onnxruntime, openvino, torch), 'fixed' always DECODED_QUERIES (static
+#: shapes, which TensorRT needs).
+SELECTIONS = ('kept', 'fixed')
 
 #: Inference backends, and the order ``auto`` tries them in (openvino only on x86-64 CPUs,
 #: where it was measured at least as fast as onnxruntime: docs/backends.md).

@@ -5,13 +5,14 @@
     python training/decoding_benchmark.py --backbones tiny --img-size 320 --repeats 5
 
 For each model (random weights, K = ``--num-queries``, the paper's ADE20K panoptic setting by
-default) the deploy graph is built twice: decoding every query (the graph before query
-selection) and decoding the ``--decoded-queries`` best. Each is timed on ONNX Runtime (the
-exported graph, CPU provider) and torch (the same module), rounds alternating between the
-two graphs so machine load does not favour either; a call is one frame through the whole
-graph (network + dense decoding). The score threshold is set to keep ``--kept`` queries, and
-the outputs of the two graphs are compared for equality (segment map, classes, scores, keep,
-won areas). Writes ``decoding.md`` and ``decoding.csv`` into ``--out``.
+default) the deploy graph is built three times: decoding every query (the graph before query
+selection), always the ``--decoded-queries`` best (selection 'fixed', TensorRT's) and only
+the frame's kept queries under that cap (selection 'kept', the default elsewhere). Each is
+timed on ONNX Runtime (the exported graph, CPU provider) and torch (the same module), rounds
+alternating between the graphs so machine load favours none; a call is one frame through
+the whole graph (network + dense decoding). The score threshold is set to keep ``--kept``
+queries, and the outputs of the graphs are compared for equality (segment map, classes,
+scores, keep, won areas). Writes ``decoding.md`` and ``decoding.csv`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def random_model(backbone: str, head: str, args: argparse.Namespace):
 class GraphRunner:
     """One deploy graph on one backend: ``run(inputs) -> outputs`` as NumPy arrays."""
 
-    def __init__(self, model, backend: str, decoded: int | None, folder: Path):
+    def __init__(self, model, backend: str, decoded: int | None, selection: str,
+                 folder: Path):
         import torch
 
         from tokenmask_ros.runtime.graph import INPUT_NAMES, OUTPUT_NAMES, DeployGraph
@@ -85,14 +87,14 @@ class GraphRunner:
         self.torch, self.input_names, self.output_names = torch, INPUT_NAMES, OUTPUT_NAMES
         self.backend = backend
         if backend == 'torch':
-            self.graph = DeployGraph(model, decoded)
+            self.graph = DeployGraph(model, decoded, selection)
         else:
             import onnxruntime as ort
 
             from tokenmask_ros.runtime.export import export_onnx
 
-            path = export_onnx(model, folder / f'graph-{decoded or "all"}.onnx',
-                               decoded_queries=decoded)
+            path = export_onnx(model, folder / f'graph-{decoded or "all"}-{selection}.onnx',
+                               decoded_queries=decoded, selection=selection)
             self.session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
 
     def run(self, inputs):
@@ -126,19 +128,20 @@ def compare(model_name: str, model, backend: str, args: argparse.Namespace,
 
     from tokenmask_ros.runtime.graph import OUTPUT_NAMES
 
-    runners = {None: GraphRunner(model, backend, None, folder),
-               args.decoded_queries: GraphRunner(model, backend, args.decoded_queries, folder)}
+    cap = args.decoded_queries
+    runners = {f'all {args.num_queries}': GraphRunner(model, backend, None, 'fixed', folder),
+               f'best {cap}': GraphRunner(model, backend, cap, 'fixed', folder),
+               f'kept (<= {cap})': GraphRunner(model, backend, cap, 'kept', folder)}
+    full = f'all {args.num_queries}'
     size = args.img_size
     image = np.random.default_rng(0).integers(0, 256, (1, 3, size, size), dtype=np.uint8)
     content = np.array([size, size], np.int32)
-    threshold = threshold_keeping(runners[None], image, content, args.kept,
+    threshold = threshold_keeping(runners[full], image, content, args.kept,
                                   args.num_classes)
     inputs = (image, content, np.array([threshold], np.float32))
     results = {k: dict(zip(OUTPUT_NAMES, r.run(inputs), strict=True))
                for k, r in runners.items()}
-    kept = int(results[None]['keep'].sum())
-    identical = all(np.array_equal(results[None][n], results[args.decoded_queries][n])
-                    for n in COMPARED)
+    kept = int(results[full]['keep'].sum())
     times: dict = {k: [] for k in runners}
     for round_index in range(args.warmup + args.repeats):
         for key, runner in runners.items():
@@ -146,12 +149,12 @@ def compare(model_name: str, model, backend: str, args: argparse.Namespace,
             runner.run(inputs)
             if round_index >= args.warmup:
                 times[key].append(1e3 * (time.perf_counter() - start))
-    before = statistics.median(times[None])
+    before = statistics.median(times[full])
     rows = []
     for key, values in times.items():
         median = statistics.median(values)
-        rows.append({'model': model_name, 'backend': backend,
-                     'decoded_queries': key or f'all {args.num_queries}',
+        identical = all(np.array_equal(results[full][n], results[key][n]) for n in COMPARED)
+        rows.append({'model': model_name, 'backend': backend, 'decoded_queries': key,
                      'median_ms': round(median, 1),
                      'p90_ms': round(sorted(values)[int(0.9 * (len(values) - 1))], 1),
                      'speedup': round(before / median, 2), 'identical': identical,
@@ -162,7 +165,8 @@ def compare(model_name: str, model, backend: str, args: argparse.Namespace,
 def markdown(rows: list[dict], args: argparse.Namespace) -> str:
     from tokenmask_ros.runtime.bench import environment
 
-    lines = [f'Deploy graph with every query decoded vs the {args.decoded_queries} best, '
+    lines = [f'Deploy graph with every query decoded vs the {args.decoded_queries} best vs '
+             f'the kept ones (at most {args.decoded_queries}), '
              f'{args.img_size}x{args.img_size}, K = {args.num_queries}, {args.num_classes} '
              f'classes, random weights, batch 1; {args.repeats} alternating rounds after '
              f'{args.warmup} warm-up; outputs compared with the threshold keeping '
@@ -189,7 +193,7 @@ def main(argv=None) -> int:
                     print(f'== {name} {backend}', flush=True)
                     rows += compare(name, model, backend, args, Path(scratch))
                     print('   ' + ', '.join(f"{r['decoded_queries']}: {r['median_ms']} ms"
-                                            for r in rows[-2:]), flush=True)
+                                            for r in rows[-3:]), flush=True)
     with (args.out / 'decoding.csv').open('w', newline='') as file:
         writer = csv.DictWriter(file, COLUMNS)
         writer.writeheader()

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tokenmask_ros.atomic_file import atomic_path
-from tokenmask_ros.defaults import DECODED_QUERIES
+from tokenmask_ros.defaults import DECODED_QUERIES, SELECTIONS
 from tokenmask_ros.model.config import TokenMaskConfig
 from tokenmask_ros.runtime.engine_cache import (
     atomic_write,
@@ -52,7 +52,9 @@ FORMAT_VERSION = '1'
 OPSETS = (18, 19, 20)  # what TensorRT 10/11 and ONNX Runtime both parse
 PROTOBUF_LIMIT = 2**31 - 1  # a single ONNX protobuf file cannot exceed 2 GiB
 RECORD_FORMAT = 'tokenmask-onnx-export'  # the checksum sidecar of a cached export
-RECORD_VERSION = 2  # 2: the graph decodes only the best queries; version-1 exports re-made
+# 2: the graph decodes only the best queries; 3: only the kept ones (selection 'kept').
+# Exports of an older version are made again.
+RECORD_VERSION = 3
 
 log = logging.getLogger('tokenmask_ros.runtime')
 
@@ -197,9 +199,10 @@ def export_module(module: nn.Module, inputs: Sequence[Tensor], path: str | Path,
 
 
 def export_onnx(model: nn.Module, path: str | Path, *, fp16: bool = False, opset: int = 18,
-                batch: int = 1, decoded_queries: int | None = DECODED_QUERIES) -> Path:
-    """Export ``DeployGraph(model, decoded_queries)`` at the model's fixed ``img_size`` to
-    ``path``.
+                batch: int = 1, decoded_queries: int | None = DECODED_QUERIES,
+                selection: str = 'kept') -> Path:
+    """Export ``DeployGraph(model, decoded_queries, selection)`` at the model's fixed
+    ``img_size`` to ``path`` (``selection='fixed'`` for TensorRT: static shapes only).
 
     Inputs / outputs as :mod:`tokenmask_ros.runtime.graph` documents (``batch`` images per
     call, fixed). ``fp16``: the strongly typed FP16 graph of this module's doc. ``model`` is
@@ -215,7 +218,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, fp16: bool = False, opset
         model = copy.deepcopy(model).to('cpu', torch.float32)
     was_training = model.training
     try:
-        graph = DeployGraph(fp16_model(model) if fp16 else model, decoded_queries)
+        graph = DeployGraph(fp16_model(model) if fp16 else model, decoded_queries, selection)
         height, width = graph.input_size
         metadata = {
             'format': FORMAT,
@@ -225,6 +228,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, fp16: bool = False, opset
             'input_size': f'{height}x{width}',
             'batch': str(batch),
             'decoded_queries': str(graph.decoded_queries),
+            'selection': graph.selection,
             'opset': str(opset),
             'torch_version': torch.__version__,
         }
@@ -273,9 +277,13 @@ def parse_metadata(props: dict[str, str], path: str | Path) -> dict:
         if decoded is None:  # exports made before query selection decode every query
             decoded = json.loads(props.get('config', '{}')).get('num_queries', 0)
         decoded = int(decoded)
+        # Exports made before selection 'kept' decode a fixed number of queries.
+        selection = props.get('selection', 'fixed')
+        if selection not in SELECTIONS:
+            raise ValueError(f'selection {selection!r}')
         return {'format_version': props['format_version'], 'precision': props['precision'],
                 'input_size': (height, width), 'batch': int(props['batch']),
-                'decoded_queries': decoded,
+                'decoded_queries': decoded, 'selection': selection,
                 'opset': int(props['opset']), 'torch_version': props.get('torch_version')}
     except (KeyError, TypeError, ValueError) as error:
         raise ExportError(f'{path} has unusable tokenmask metadata: {error!r}') from None
@@ -283,7 +291,8 @@ def parse_metadata(props: dict[str, str], path: str | Path) -> dict:
 
 def read_onnx_metadata(path: str | Path) -> dict:
     """``{'format_version', 'precision', 'input_size': (H, W), 'batch', 'decoded_queries',
-    'opset', 'torch_version'}`` of a tokenmask export; :class:`ExportError` for any other file."""
+    'selection', 'opset', 'torch_version'}`` of a tokenmask export; :class:`ExportError` for
+    any other file."""
     return parse_metadata(_metadata_props(path), path)
 
 
@@ -307,9 +316,11 @@ def default_export_dir() -> Path:
 
 def cached_onnx(checkpoint_path: str | Path, precision: str,
                 cache_dir: str | Path | None = None, *, force: bool = False,
-                batch: int = 1, calibration: str | Path | int | None = None) -> Path:
+                batch: int = 1, calibration: str | Path | int | None = None,
+                selection: str = 'kept') -> Path:
     """An ONNX export of ``checkpoint_path`` at ``precision`` ('fp32' | 'fp16' | 'int8'), from
-    the cache.
+    the cache; ``selection`` as :mod:`~tokenmask_ros.runtime.graph` documents ('fixed', for
+    TensorRT, adds ``-fixed`` to the name).
 
     A ``.safetensors`` checkpoint is exported once to
     ``<cache_dir>/<stem>-<sha256[:16]>-<H>x<W>-<precision>[-b<batch>].onnx`` (``batch``
@@ -354,7 +365,10 @@ def cached_onnx(checkpoint_path: str | Path, precision: str,
     config = load_config(path)
     height, width = config.img_size
     cache = Path(cache_dir) if cache_dir is not None else default_export_dir()
+    if selection not in SELECTIONS:
+        raise ValueError(f'selection must be one of {SELECTIONS}, got {selection!r}')
     batched = f'-b{batch}' if batch != 1 else ''  # batch-1 names as before
+    batched += '-fixed' if selection == 'fixed' else ''
     tag, recipe = precision, {}
     if precision == 'int8':
         from tokenmask_ros.runtime.quantize import (
@@ -380,7 +394,7 @@ def cached_onnx(checkpoint_path: str | Path, precision: str,
         if precision == 'int8':  # quantized from the (cached) fp32 export
             from tokenmask_ros.runtime.quantize import quantize_int8
 
-            fp32 = cached_onnx(path, 'fp32', cache, batch=batch)
+            fp32 = cached_onnx(path, 'fp32', cache, batch=batch, selection=selection)
         else:
             model = load_checkpoint(path)
         log.info('exporting %s to %s (%s%s)', path.name, target, precision,
@@ -390,7 +404,8 @@ def cached_onnx(checkpoint_path: str | Path, precision: str,
             if precision == 'int8':
                 quantize_int8(fp32, target, calibration)
             else:
-                export_onnx(model, target, fp16=precision == 'fp16', batch=batch)
+                export_onnx(model, target, fp16=precision == 'fp16', batch=batch,
+                            selection=selection)
             record = {'format': RECORD_FORMAT, 'version': RECORD_VERSION, **recipe,
                       'onnx_size': target.stat().st_size, 'onnx_sha256': file_sha256(target)}
             atomic_write(target.with_suffix('.json'), json.dumps(record, indent=1).encode())

@@ -23,12 +23,17 @@ field order): ``segment_map`` int32 ``[B, H, W]`` (index of the winning kept que
 ``query_class`` int32 ``[B, K]``, ``query_score`` float32 ``[B, K]``, ``keep`` bool
 ``[B, K]``, ``mask_area`` int32 ``[B, K]``, ``won_area`` int32 ``[B, K]``.
 
-Only the ``decoded_queries`` best queries (kept ones first, by score) get full-resolution
-masks: a query under the threshold never wins a pixel, so decoding all K of them (200 x
-640 x 640 floats for a COCO model) was most of the call. The selection keeps query order,
-so ties break as before, and the outputs equal those of decoding every query whenever at
-most ``decoded_queries`` queries are kept (``keep.sum() > decoded_queries`` says it bound:
-the kept queries left out have ``mask_area`` and ``won_area`` 0 and are dropped).
+Only the best queries (kept ones first, by score) get full-resolution masks: a query under
+the threshold never wins a pixel, so decoding all K of them (200 x 640 x 640 floats for a
+COCO model) was most of the call. With ``selection='kept'`` (the default) the graph decodes
+exactly the kept queries of the frame, at most ``decoded_queries`` and at least one, so the
+cost follows the scene (a data-dependent TopK size: ONNX Runtime, OpenVINO and PyTorch run
+it). ``selection='fixed'`` always decodes the ``decoded_queries`` best, so every shape is
+static, which TensorRT needs. Either way the selection keeps query order, so ties break as
+before, and the outputs equal those of decoding every query whenever at most
+``decoded_queries`` queries are kept (``keep.sum() > decoded_queries`` says it bound: the
+kept queries left out have ``mask_area`` and ``won_area`` 0 and are dropped); ``mask_area``
+of queries that are not kept is 0 (not computed).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tokenmask_ros.defaults import DECODED_QUERIES
+from tokenmask_ros.defaults import DECODED_QUERIES, SELECTIONS
 from tokenmask_ros.model.heads import gather_queries
 from tokenmask_ros.model.postprocess import PanopticScores, dense_panoptic_scores, query_scores
 
@@ -48,16 +53,21 @@ OUTPUT_NAMES = PanopticScores._fields
 class DeployGraph(nn.Module):
     """``model`` (a :class:`~tokenmask_ros.model.TokenMask` in eval mode) + normalisation +
     dense panoptic decoding at the network input resolution of at most ``decoded_queries``
-    queries (``None`` or >= K: all of them)."""
+    queries (``None`` or >= K: all of them); ``selection`` 'kept' decodes only the frame's
+    kept queries under that cap, 'fixed' always the cap (see the module doc)."""
 
-    def __init__(self, model: nn.Module, decoded_queries: int | None = DECODED_QUERIES):
+    def __init__(self, model: nn.Module, decoded_queries: int | None = DECODED_QUERIES,
+                 selection: str = 'kept'):
         super().__init__()
         if decoded_queries is not None and decoded_queries < 1:
             raise ValueError(f'decoded_queries must be >= 1, got {decoded_queries}')
+        if selection not in SELECTIONS:
+            raise ValueError(f'selection must be one of {SELECTIONS}, got {selection!r}')
         self.model = model.eval()
         self.input_size = tuple(int(s) for s in model.config.img_size)
         num_queries = int(model.config.num_queries)
         self.decoded_queries = min(decoded_queries or num_queries, num_queries)
+        self.selection = selection
 
     def forward(self, image: Tensor, content_size: Tensor, score_threshold: Tensor
                 ) -> PanopticScores:
@@ -67,10 +77,13 @@ class DeployGraph(nn.Module):
         threshold = score_threshold.float()
         scores, classes, keep = query_scores(class_logits, threshold)
         select = None
-        if self.decoded_queries < class_logits.shape[1]:
+        if self.selection == 'kept' or self.decoded_queries < class_logits.shape[1]:
+            count = self.decoded_queries
+            if self.selection == 'kept':  # a 0-d tensor: the export's TopK size is dynamic
+                count = keep.sum(1).max().clamp(1, self.decoded_queries)
             # Kept queries first, best score first; then back into query order.
             rank = torch.where(keep, scores, scores - 2.0)
-            select = rank.topk(self.decoded_queries, dim=1).indices.sort(dim=1).values
+            select = rank.topk(count, dim=1).indices.sort(dim=1).values
             class_logits = gather_queries(class_logits, select)
         mask_logits = self.model.mask_head(features.mask_embed, features.patch_tokens, select)
         mask_logits = F.interpolate(mask_logits, size=self.input_size, mode='bilinear',
@@ -85,7 +98,9 @@ class DeployGraph(nn.Module):
                                         valid)
         if select is not None:
             decoded = _to_all_queries(decoded, select, scores, classes, keep)
-        return decoded._replace(query_score=decoded.query_score.float())
+        # Areas of queries that are not kept do not depend on which were decoded.
+        mask_area = torch.where(keep, decoded.mask_area, 0)
+        return decoded._replace(query_score=decoded.query_score.float(), mask_area=mask_area)
 
 
 def _to_all_queries(decoded: PanopticScores, select: Tensor, scores: Tensor, classes: Tensor,

@@ -114,7 +114,7 @@ def create_backend(name: str, model_path: str | Path, *, device: str = 'auto',
     TensorRTBackend.check_available(device)  # fail before spending time on an export
     return open_cached_onnx(path, precision, cache_dir, lambda onnx_path: TensorRTBackend(
         onnx_path, device, cache_dir=cache_dir, force_rebuild=force_engine_update),
-        batch=batch)
+        batch=batch, selection='fixed')  # TensorRT builds static shapes only
 
 
 def _first_that_starts(model_path: str | Path, options: dict) -> Backend:
@@ -148,7 +148,8 @@ def _first_that_starts(model_path: str | Path, options: dict) -> Backend:
 
 def open_cached_onnx(model_path: Path, precision: str, cache_dir: str | Path | None,
                      open_backend: Callable[[Path], Backend], batch: int = 1,
-                     calibration: str | Path | int | None = None) -> Backend:
+                     calibration: str | Path | int | None = None,
+                     selection: str = 'kept') -> Backend:
     """``open_backend(onnx)`` on the cached export of ``model_path`` (:func:`cached_onnx`).
 
     An export from the cache that the runtime refuses (:class:`LoadError`: a damaged node
@@ -159,7 +160,7 @@ def open_cached_onnx(model_path: Path, precision: str, cache_dir: str | Path | N
     from tokenmask_ros.runtime.export import cached_onnx
 
     onnx_path = cached_onnx(model_path, precision, cache_dir, batch=batch,
-                            calibration=calibration)
+                            calibration=calibration, selection=selection)
     if model_path.suffix == '.onnx':
         return open_backend(onnx_path)
     try:
@@ -168,7 +169,7 @@ def open_cached_onnx(model_path: Path, precision: str, cache_dir: str | Path | N
         log.warning('cached ONNX export %s does not load (%s); exporting it again',
                     onnx_path, error)
     onnx_path = cached_onnx(model_path, precision, cache_dir, force=True, batch=batch,
-                            calibration=calibration)
+                            calibration=calibration, selection=selection)
     try:
         return open_backend(onnx_path)
     except LoadError as error:

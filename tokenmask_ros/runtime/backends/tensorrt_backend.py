@@ -54,6 +54,7 @@ from tokenmask_ros.runtime.errors import (
     BackendUnavailable,
     CacheError,
     EngineBuildError,
+    LoadError,
     one_line,
 )
 from tokenmask_ros.runtime.graph import INPUT_NAMES, OUTPUT_NAMES
@@ -174,6 +175,10 @@ class TensorRTBackend(Backend):
         api_class = cuda_api_class(cuda_api)
         self.onnx_path = Path(onnx_path)
         metadata = read_onnx_metadata(self.onnx_path)
+        if metadata['selection'] != 'fixed':
+            raise LoadError(f"{self.onnx_path} decodes a data-dependent number of queries "
+                            "(selection 'kept'), which TensorRT cannot build; export it with "
+                            "`tokenmask export --selection fixed`")
         self.device = device
         self.input_size = tuple(int(s) for s in metadata['input_size'])
         self.decoded_queries = metadata['decoded_queries']

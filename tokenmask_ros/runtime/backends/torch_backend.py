@@ -30,7 +30,9 @@ class TorchBackend(Backend):
         self.device, self.precision = device, precision
         self._torch_device = torch.device(device)
         dtype = torch.float16 if precision == 'fp16' else torch.float32
-        self.graph = DeployGraph(model.to(self._torch_device, dtype).eval())
+        # torch.compile traces static shapes; eager runs decode only the kept queries.
+        self.graph = DeployGraph(model.to(self._torch_device, dtype).eval(),
+                                 selection='fixed' if compile else 'kept')
         self.input_size = self.graph.input_size
         self.decoded_queries = self.graph.decoded_queries
         self._forward = torch.compile(self.graph) if compile else self.graph
