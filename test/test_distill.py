@@ -69,6 +69,18 @@ def test_loss_is_zero_where_the_heads_agree_and_positive_otherwise():
     assert float(other['loss_class']) > 1e-4 and float(other['loss_mask']) > 1e-4
 
 
+def test_class_weight_scales_only_the_class_term():
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        student, teacher = tiny_teacher(16, seed=1)(images), tiny_teacher(16)(images)
+    plain, heavy = distill_loss(student, teacher), distill_loss(student, teacher,
+                                                                class_weight=5.0)
+    assert torch.equal(plain['loss_class'], heavy['loss_class'])
+    assert torch.equal(plain['loss_mask'], heavy['loss_mask'])
+    assert torch.allclose(heavy['loss'], 5 * heavy['loss_class'] + heavy['loss_mask'])
+    assert float(heavy['loss'] - plain['loss']) > 1e-4
+
+
 def test_loss_resizes_teacher_mask_logits_to_the_student():
     classes, small = torch.randn(1, 4, 4), torch.randn(1, 4, 4, 4)
     student = SegmentationOutput(torch.randn(1, 4, 4), torch.randn(1, 4, 8, 8))

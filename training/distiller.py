@@ -58,11 +58,14 @@ def student_from_teacher(teacher: TokenMask) -> TokenMask:
 
 
 def distill_loss(student_out: SegmentationOutput, teacher_out: SegmentationOutput,
-                 temperature: float = 1.0) -> dict[str, torch.Tensor]:
+                 temperature: float = 1.0, class_weight: float = 1.0
+                 ) -> dict[str, torch.Tensor]:
     """Query-by-query distillation loss: ``{'loss', 'loss_class', 'loss_mask'}``.
 
     Class: KL(teacher || student) of the softmax at ``temperature`` (times T^2, Hinton's
-    scaling), mean over queries. Mask: binary cross-entropy of the student's mask logits
+    scaling), mean over queries, times ``class_weight`` (larger holds the shared backbone to
+    the teacher's classes while the masks learn). Mask: binary cross-entropy of the student's
+    mask logits
     against the teacher's probabilities at the student's resolution, minus the teacher's own
     entropy (the same gradient as BCE, but 0 when the student matches), averaged over pixels,
     weighted per query by the teacher's probability that the query is an object, and
@@ -84,7 +87,7 @@ def distill_loss(student_out: SegmentationOutput, teacher_out: SegmentationOutpu
     per_query = (bce - entropy).flatten(2).mean(-1)  # [B, K]
     objectness = 1 - teacher_out.class_logits.detach().float().softmax(-1)[..., -1]
     mask = (per_query * objectness).mean()  # a plain mean: DDP shards average to the batch's
-    return {'loss': kl + mask, 'loss_class': kl, 'loss_mask': mask}
+    return {'loss': class_weight * kl + mask, 'loss_class': kl, 'loss_mask': mask}
 
 
 # --------------------------------------------------------------------------- data
@@ -168,6 +171,7 @@ class DistillConfig:
     layer_decay: float = 1.0
     warmup: int = 0
     temperature: float = 1.0
+    class_weight: float = 1.0  # weight of the class KL against the mask loss
     grad_clip: float = 0.01
     video_stride: int = 10
     checkpoint_every: int = 500
@@ -200,6 +204,8 @@ def distill(config: DistillConfig, teacher: TokenMask, out: str | Path,
 
     if config.amp not in ('none', 'bf16', 'fp16'):
         raise ValueError(f'amp must be none, bf16 or fp16, got {config.amp!r}')
+    if config.class_weight < 0:
+        raise ValueError(f'class_weight must be >= 0, got {config.class_weight}')
     world, rank, local_rank = setup_distributed()
     if config.batch_size % world:
         raise ValueError(f'batch size {config.batch_size} is not a multiple of the world '
@@ -252,7 +258,8 @@ def distill(config: DistillConfig, teacher: TokenMask, out: str | Path,
         with torch.autocast(device.type, dtype=dtype, enabled=amp != 'none'):
             with torch.no_grad():
                 target = teacher(images)
-            parts = distill_loss(forward(images), target, config.temperature)
+            parts = distill_loss(forward(images), target, config.temperature,
+                                 config.class_weight)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(parts['loss']).backward()  # parts become floats below
         scaler.unscale_(optimizer)
