@@ -65,12 +65,11 @@ def distill_loss(student_out: SegmentationOutput, teacher_out: SegmentationOutpu
     Class: KL(teacher || student) of the softmax at ``temperature`` (times T^2, Hinton's
     scaling), mean over queries, times ``class_weight`` (larger holds the shared backbone to
     the teacher's classes while the masks learn). Mask: binary cross-entropy of the student's
-    mask logits
-    against the teacher's probabilities at the student's resolution, minus the teacher's own
-    entropy (the same gradient as BCE, but 0 when the student matches), averaged over pixels,
-    weighted per query by the teacher's probability that the query is an object, and
-    averaged over the queries:
-    the masks of no-object queries are never used, and matching them only pulls the shared
+    mask logits against the teacher's probabilities at the student's resolution, minus the
+    teacher's own entropy (the same gradient as BCE, but 0 when the student matches),
+    averaged over pixels, weighted per query by the teacher's probability that the query is
+    an object, and averaged over the queries: the masks of no-object queries are never used,
+    and matching them only pulls the shared
     backbone away from the classes.
     """
     t_class = teacher_out.class_logits.detach().float() / temperature
