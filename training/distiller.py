@@ -69,8 +69,7 @@ def distill_loss(student_out: SegmentationOutput, teacher_out: SegmentationOutpu
     teacher's own entropy (the same gradient as BCE, but 0 when the student matches),
     averaged over pixels, weighted per query by the teacher's probability that the query is
     an object, and averaged over the queries: the masks of no-object queries are never used,
-    and matching them only pulls the shared
-    backbone away from the classes.
+    and matching them only pulls the shared backbone away from the classes.
     """
     t_class = teacher_out.class_logits.detach().float() / temperature
     s_class = student_out.class_logits.float() / temperature
