@@ -134,6 +134,25 @@ def test_openvino_device_names(tmp_path):
         OpenVINOBackend(tmp_path / 'missing.onnx', device='tpu')
 
 
+def test_segmenter_passes_openvino_device_names_to_the_backend(tmp_path):
+    """'NPU' / 'GPU.1' are valid Segmenter devices: the openvino backend answers for them
+    (here: no such device), not the option check; other backends refuse them by name."""
+    import openvino
+
+    from tokenmask_ros.runtime import Segmenter
+
+    available = openvino.Core().available_devices
+    for device in ('NPU', 'gpu.1'):
+        if any(d.upper() == device.upper() for d in available):
+            continue
+        with pytest.raises(BackendUnavailable, match='finds no'):
+            Segmenter(MODEL, backend='openvino', device=device, cache_dir=tmp_path)
+    with pytest.raises(BackendUnavailable, match='only the openvino backend runs on it'):
+        Segmenter(MODEL, backend='onnxruntime', device='NPU', cache_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"'GPU', 'GPU\.N' or 'NPU'"):
+        Segmenter(MODEL, backend='openvino', device='tpu', cache_dir=tmp_path)
+
+
 def test_auto_prefers_openvino_on_x86_cpus_and_logs_why(cache, caplog, monkeypatch):
     assert 'openvino' in BACKENDS
     assert AUTO_ORDER.index('openvino') < AUTO_ORDER.index('onnxruntime')

@@ -200,8 +200,8 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--model', metavar='PATH',
                         help=f'{MODEL_HELP} (default: the bundled model, {BUNDLED_MODELS[0]})')
     parser.add_argument('--device', default='auto',
-                        help="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N' "
-                        '(default auto)')
+                        help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N' or, "
+                        "for --backend openvino, Intel 'GPU' / 'NPU' (default auto)")
     parser.add_argument('--cache-dir', metavar='DIR',
                         help='where ONNX exports and TensorRT engines are cached '
                         '(default: the runtime\'s cache folder)')

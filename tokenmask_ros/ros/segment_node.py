@@ -152,7 +152,8 @@ PARAMETERS: dict[str, Param] = {
                    'bundled model (restart the node to change)'),
     'backend': Param('auto', 'auto, tensorrt, onnxruntime or torch; auto = the first of '
                      'those that runs here (restart the node to change)'),
-    'device': Param('auto', 'auto, cpu, cuda or cuda:N (restart the node to change)'),
+    'device': Param('auto', 'auto, cpu, cuda, cuda:N, or GPU / NPU for backend openvino '
+                    '(restart the node to change)'),
     'precision': Param('auto', 'auto, fp32 or fp16; auto = fp16 on a GPU, fp32 on the CPU '
                        '(restart the node to change)'),
     'engine_cache_dir': Param('', 'folder for ONNX exports and TensorRT engines; "" = '

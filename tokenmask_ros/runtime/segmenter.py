@@ -43,7 +43,7 @@ from tokenmask_ros.model.postprocess import (
     decode_panoptic,
     thing_flags,
 )
-from tokenmask_ros.runtime.backends import Backend, create_backend
+from tokenmask_ros.runtime.backends import OPENVINO_DEVICE, Backend, create_backend
 from tokenmask_ros.runtime.preprocess import InputError, check_image, letterbox
 
 log = logging.getLogger('tokenmask_ros.runtime')
@@ -86,9 +86,10 @@ def check_options(backend: str, device: str, precision: str, max_pixels: int | N
         raise ValueError(f"backend must be 'auto' or one of {', '.join(BACKENDS)}, "
                          f'got {backend!r}')
     if not isinstance(device, str) or not (
-            device in ('auto', 'cpu', 'cuda')
+            device in ('auto', 'cpu', 'cuda') or OPENVINO_DEVICE.match(device)
             or (device.startswith('cuda:') and device[5:].isdigit())):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or, for openvino, "
+                         f"'GPU', 'GPU.N' or 'NPU', got {device!r}")
     if precision not in PRECISIONS:
         raise ValueError(f'precision must be one of {", ".join(PRECISIONS)}, '
                          f'got {precision!r}')
