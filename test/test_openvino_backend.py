@@ -135,8 +135,8 @@ def test_openvino_device_names(tmp_path):
 
 
 def test_segmenter_passes_openvino_device_names_to_the_backend(tmp_path):
-    """'NPU' / 'GPU.1' are valid Segmenter devices: the openvino backend answers for them
-    (here: no such device), not the option check; other backends refuse them by name."""
+    """'NPU' / 'GPU.1' are valid Segmenter devices of the openvino backend, which answers for
+    them (here: no such device); with any other backend the option check names the mix-up."""
     import openvino
 
     from tokenmask_ros.runtime import Segmenter
@@ -147,8 +147,9 @@ def test_segmenter_passes_openvino_device_names_to_the_backend(tmp_path):
             continue
         with pytest.raises(BackendUnavailable, match='finds no'):
             Segmenter(MODEL, backend='openvino', device=device, cache_dir=tmp_path)
-    with pytest.raises(BackendUnavailable, match='only the openvino backend runs on it'):
-        Segmenter(MODEL, backend='onnxruntime', device='NPU', cache_dir=tmp_path)
+    for backend in ('onnxruntime', 'auto'):
+        with pytest.raises(ValueError, match="use it with backend 'openvino'"):
+            Segmenter(MODEL, backend=backend, device='NPU', cache_dir=tmp_path)
     with pytest.raises(ValueError, match=r"'GPU', 'GPU\.N' or 'NPU'"):
         Segmenter(MODEL, backend='openvino', device='tpu', cache_dir=tmp_path)
 

@@ -85,8 +85,12 @@ def check_options(backend: str, device: str, precision: str, max_pixels: int | N
     if backend not in ('auto', *BACKENDS):
         raise ValueError(f"backend must be 'auto' or one of {', '.join(BACKENDS)}, "
                          f'got {backend!r}')
-    if not isinstance(device, str) or not (
-            device in ('auto', 'cpu', 'cuda') or OPENVINO_DEVICE.match(device)
+    if isinstance(device, str) and OPENVINO_DEVICE.match(device):
+        if backend != 'openvino':
+            raise ValueError(f"device {device!r} is an OpenVINO device name (Intel GPU / NPU): "
+                             "use it with backend 'openvino'")
+    elif not isinstance(device, str) or not (
+            device in ('auto', 'cpu', 'cuda')
             or (device.startswith('cuda:') and device[5:].isdigit())):
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or, for openvino, "
                          f"'GPU', 'GPU.N' or 'NPU', got {device!r}")
