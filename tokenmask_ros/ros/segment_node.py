@@ -150,12 +150,14 @@ class Param(NamedTuple):
 PARAMETERS: dict[str, Param] = {
     'model': Param('', 'TokenMask checkpoint (.safetensors) or exported .onnx file; "" = the '
                    'bundled model (restart the node to change)'),
-    'backend': Param('auto', 'auto, tensorrt, onnxruntime or torch; auto = the first of '
-                     'those that runs here (restart the node to change)'),
+    'backend': Param('auto', 'auto, tensorrt, openvino, onnxruntime or torch; auto = the '
+                     'first of those that runs here, openvino only on x86-64 CPUs (restart '
+                     'the node to change)'),
     'device': Param('auto', 'auto, cpu, cuda, cuda:N, or GPU / NPU for backend openvino '
                     '(restart the node to change)'),
-    'precision': Param('auto', 'auto, fp32 or fp16; auto = fp16 on a GPU, fp32 on the CPU '
-                       '(restart the node to change)'),
+    'precision': Param('auto', 'auto, fp32, fp16 or int8 (calibrated, onnxruntime / '
+                       'openvino); auto = fp16 on a GPU, fp32 on the CPU (restart the node to '
+                       'change)'),
     'engine_cache_dir': Param('', 'folder for ONNX exports and TensorRT engines; "" = '
                               '$TOKENMASK_CACHE_DIR or ~/.cache/tokenmask_ros'),
     'force_engine_update': Param(False, 'rebuild the TensorRT engine even when a matching '
