@@ -81,6 +81,24 @@ def test_class_weight_scales_only_the_class_term():
     assert float(heavy['loss'] - plain['loss']) > 1e-4
 
 
+def test_dice_term_weighs_a_small_object_like_a_large_one():
+    """A student that misses a small object entirely: the pixel-mean BCE barely notices
+    (few pixels), the Dice term counts that query fully."""
+    classes = torch.zeros(1, 2, 3)
+    classes[..., 0] = 5.0  # both queries confidently an object
+    teacher = torch.full((1, 2, 32, 32), -12.0)
+    teacher[0, 0, :, :16] = 12.0   # a large region
+    teacher[0, 1, 2:4, 2:4] = 12.0  # a 2x2 object
+    student = teacher.clone()
+    student[0, 1] = -12.0  # misses the small object
+    target, guess = SegmentationOutput(classes, teacher), SegmentationOutput(classes, student)
+    plain = distill_loss(guess, target)
+    dice = distill_loss(guess, target, dice_weight=1.0)
+    assert float(plain['loss_mask']) < 0.05
+    assert float(dice['loss_mask']) > 0.3  # the missed query's 1 - 1/5, halved over 2 queries
+    assert float(distill_loss(target, target, dice_weight=1.0)['loss_mask']) < 0.01
+
+
 def test_loss_resizes_teacher_mask_logits_to_the_student():
     classes, small = torch.randn(1, 4, 4), torch.randn(1, 4, 4, 4)
     student = SegmentationOutput(torch.randn(1, 4, 4), torch.randn(1, 4, 8, 8))

@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--class-weight', type=float, default=1.0,
                         help='weight of the class KL against the mask loss (larger keeps '
                         "the teacher's classes while all weights learn)")
+    parser.add_argument('--dice-weight', type=float, default=0.0,
+                        help='add a per-query Dice term to the mask loss (small objects '
+                        'count as much as large regions)')
     parser.add_argument('--grad-clip', type=float, default=0.01, help='<= 0 disables')
     parser.add_argument('--video-stride', type=int, default=10, help='use every Nth frame')
     parser.add_argument('--checkpoint-every', type=int, default=500)
@@ -71,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     config = DistillConfig(
         teacher=args.teacher, images=args.images, steps=args.steps, batch_size=args.batch_size,
         lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
-        temperature=args.temperature, class_weight=args.class_weight, grad_clip=args.grad_clip,
+        temperature=args.temperature, class_weight=args.class_weight,
+        dice_weight=args.dice_weight, grad_clip=args.grad_clip,
         video_stride=args.video_stride, checkpoint_every=args.checkpoint_every,
         log_every=args.log_every, amp=args.amp, device=args.device, seed=args.seed,
         train=args.train, student_init=args.student_init,

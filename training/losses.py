@@ -144,12 +144,18 @@ def bce_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: torch.Tenso
     return losses.mean(1).sum() / num_masks
 
 
+def dice_per_mask(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Dice loss (+1 smoothed) of each mask [..., P] against its target [..., P] (hard or
+    soft) -> [...]: every mask counts alike whatever its size, unlike a mean over pixels."""
+    probs = logits.sigmoid()
+    overlap = 2 * (probs * targets).sum(-1)
+    total = probs.sum(-1) + targets.sum(-1)
+    return 1 - (overlap + 1) / (total + 1)
+
+
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: torch.Tensor) -> torch.Tensor:
     """Dice loss per mask [M, P] (+1 smoothed), summed over masks and divided by ``num_masks``."""
-    probs = logits.sigmoid()
-    overlap = 2 * (probs * targets).sum(1)
-    total = probs.sum(1) + targets.sum(1)
-    return (1 - (overlap + 1) / (total + 1)).sum() / num_masks
+    return dice_per_mask(logits, targets).sum() / num_masks
 
 
 def count_masks(targets: Sequence[Target], device: torch.device | str = 'cpu') -> torch.Tensor:
