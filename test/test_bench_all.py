@@ -17,12 +17,19 @@ from tokenmask_ros.runtime.bench import ALL_COMBINATIONS
 def test_bench_all_reports_every_backend_side_by_side(tmp_path, capsys):
     pytest.importorskip('openvino')
     out = tmp_path / 'bench'
-    code = cli.main(['bench', '--all', '--device', 'cpu', '--size', '320x240', '--warmup', '1',
-                     '--repeats', '3', '--cache-dir', str(tmp_path / 'cache'), '-o', str(out)])
+    code = cli.main(['bench', '--all', '--device', 'cpu', '--size', '320x240', '160x120',
+                     '--warmup', '1', '--repeats', '3', '--cache-dir', str(tmp_path / 'cache'),
+                     '-o', str(out)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     with (out / 'bench_all.csv').open() as handle:
-        rows = list(csv.DictReader(handle))
+        both = list(csv.DictReader(handle))
+    assert [(r['width'], r['height']) for r in both] == \
+        [('320', '240')] * len(ALL_COMBINATIONS) + [('160', '120')] * len(ALL_COMBINATIONS)
+    small = both[len(ALL_COMBINATIONS):]
+    assert {r['status'] for r in small if r['backend'] != 'tensorrt'} == {'ok'}
+    assert float(small[0]['ratio_to_reference']) == 1.0  # each size has its own reference
+    rows = both[:len(ALL_COMBINATIONS)]
     assert [(r['backend'], r['precision']) for r in rows] == list(ALL_COMBINATIONS)
     by_key = {(r['backend'], r['precision']): r for r in rows}
     measured = [('onnxruntime', 'fp32'), ('torch', 'fp32'), ('onnxruntime', 'int8'),
@@ -49,5 +56,7 @@ def test_bench_all_reports_every_backend_side_by_side(tmp_path, capsys):
     assert '| onnxruntime | int8 | cpu |' in table and '| 1.00 | 100.00 % |' in table
     assert '| Median (ms) | p90 (ms) | x onnxruntime fp32 | Pixels = onnxruntime fp32 |' \
         in captured.out
-    png = (out / 'bench_all.png').read_bytes()
-    assert png.startswith(b'\x89PNG') and len(png) > 1000
+    assert '## 320x240 frames' in table and '## 160x120 frames' in table
+    for label in ('320x240', '160x120'):  # one plot per size
+        png = (out / f'bench_all_{label}.png').read_bytes()
+        assert png.startswith(b'\x89PNG') and len(png) > 1000

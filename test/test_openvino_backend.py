@@ -154,20 +154,30 @@ def test_segmenter_passes_openvino_device_names_to_the_backend(tmp_path):
         Segmenter(MODEL, backend='openvino', device='tpu', cache_dir=tmp_path)
 
 
-def test_auto_prefers_openvino_on_x86_cpus_and_logs_why(cache, caplog, monkeypatch):
+def test_auto_prefers_openvino_for_int8_on_x86_cpus_and_logs_why(cache, caplog, monkeypatch):
+    """auto: int8 on x86-64 CPUs -> openvino; fp32 -> onnxruntime (measured faster there);
+    other architectures -> onnxruntime, each skip logged with its reason."""
     assert 'openvino' in BACKENDS
     assert AUTO_ORDER.index('openvino') < AUTO_ORDER.index('onnxruntime')
-    assert auto_skip_reason('cuda') is not None
+    assert auto_skip_reason('cuda', 'int8') is not None
+    assert auto_skip_reason('NPU') is None
     x86 = platform.machine().lower() in ('x86_64', 'amd64')
+    with caplog.at_level(logging.INFO, 'tokenmask_ros.runtime'):
+        backend = create_backend('auto', MODEL, device='cpu', precision='int8', cache_dir=cache)
+    backend.close()
+    assert backend.name == ('openvino' if x86 else 'onnxruntime')
+    assert f'backend auto: using {backend.name} (cpu, int8' in caplog.text
+    caplog.clear()
     with caplog.at_level(logging.INFO, 'tokenmask_ros.runtime'):
         backend = create_backend('auto', MODEL, device='cpu', cache_dir=cache)
     backend.close()
-    assert backend.name == ('openvino' if x86 else 'onnxruntime')
-    assert f'backend auto: using {backend.name} (cpu, fp32' in caplog.text
+    assert backend.name == 'onnxruntime'
+    if x86:
+        assert 'not trying openvino (auto prefers openvino on CPUs for int8 only' in caplog.text
     caplog.clear()
     monkeypatch.setattr(platform, 'machine', lambda: 'aarch64')
     with caplog.at_level(logging.INFO, 'tokenmask_ros.runtime'):
-        backend = create_backend('auto', MODEL, device='cpu', cache_dir=cache)
+        backend = create_backend('auto', MODEL, device='cpu', precision='int8', cache_dir=cache)
     backend.close()
     assert backend.name == 'onnxruntime'
     assert 'not trying openvino (auto prefers openvino only on x86-64 CPUs' in caplog.text

@@ -141,10 +141,9 @@ def test_here_check_available_and_create_backend_refuse_in_one_sentence(checkpoi
 def test_auto_falls_back_to_an_available_backend(checkpoint, tmp_path, monkeypatch):
     if not importable('tokenmask_ros.runtime.export'):
         pytest.skip('tokenmask_ros.runtime.export is not written yet')
-    if not (importable('tokenmask_ros.runtime.backends.onnxruntime_backend')
-            and importable('onnxruntime')):
-        monkeypatch.setattr(backends, 'AUTO_ORDER', ('tensorrt', 'torch'))
-    expected = backends.AUTO_ORDER[1]
+    expected = 'onnxruntime' if (importable('tokenmask_ros.runtime.backends.onnxruntime_backend')
+                                 and importable('onnxruntime')) else 'torch'
+    monkeypatch.setattr(backends, 'AUTO_ORDER', ('tensorrt', expected))
     backend = create_backend('auto', checkpoint, device='auto', cache_dir=tmp_path)
     try:
         assert backend.name == expected

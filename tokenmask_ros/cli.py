@@ -623,19 +623,27 @@ def _bench_all(args: argparse.Namespace, model: Path) -> int:
     except (ValueError, OSError) as error:
         return _error('bench', error, 2)
     logging.getLogger('tokenmask_ros.runtime').setLevel(logging.WARNING)
-    size = args.size[0]
     say = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr))
-    try:
-        rows = bench.bench_side_by_side(model, size, device=args.device, warmup=args.warmup,
-                                        repeats=args.repeats, cache_dir=args.cache_dir,
-                                        score_threshold=args.score_threshold, progress=say)
-    except ValueError as error:  # a bad --device
-        return _error('bench', error, 2)
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    table = bench.side_by_side_table(rows)
+    rows, sections, plots = [], [], []
+    for size in args.size:  # one side-by-side run per frame size
+        try:
+            size_rows = bench.bench_side_by_side(
+                model, size, device=args.device, warmup=args.warmup, repeats=args.repeats,
+                cache_dir=args.cache_dir, score_threshold=args.score_threshold, progress=say)
+        except ValueError as error:  # a bad --device
+            return _error('bench', error, 2)
+        rows += size_rows
+        label = f'{size[0]}x{size[1]}'
+        table = bench.side_by_side_table(size_rows)
+        sections.append(f'## {label} frames\n\n{table}\n')
+        if not args.quiet:
+            print(f'{label} frames:\n{table}\n')
+        out.mkdir(parents=True, exist_ok=True)
+        plot = out / ('bench_all.png' if len(args.size) == 1 else f'bench_all_{label}.png')
+        plots.append(bench.plot_side_by_side(plot, size_rows, title=f'{model.name}, {label}'))
     command = shlex.join(['tokenmask', *args.argv])
-    note = (f'Frames: {bench.NUM_FRAMES} synthetic scenes of {size[0]}x{size[1]}. Latency: '
+    note = (f'Frames: {bench.NUM_FRAMES} synthetic scenes of each size. Latency: '
             'wall clock of the whole Segmenter call, median / p90 over '
             f'{args.repeats} calls per combination after {args.warmup} warm-up calls; each '
             'round calls every combination once, in an order rotated every round, so load '
@@ -643,13 +651,11 @@ def _bench_all(args: argparse.Namespace, model: Path) -> int:
             'equals the reference\'s (first row) on the same frames.')
     (out / 'bench_all.md').write_text(f'# tokenmask bench --all\n\n`{command.strip()}`\n\n'
                                       f'{bench.environment(args.device)}\n\n{note}\n\n'
-                                      f'{table}\n')
+                                      + '\n'.join(sections))
     bench.write_side_by_side_csv(out / 'bench_all.csv', rows)
-    bench.plot_side_by_side(out / 'bench_all.png', rows, title=model.name)
     if not args.quiet:
-        print(table)
-        print(f'\nwrote {out / "bench_all.md"}, {out / "bench_all.csv"}, '
-              f'{out / "bench_all.png"}')
+        print(f'wrote {out / "bench_all.md"}, {out / "bench_all.csv"}, '
+              + ', '.join(str(p) for p in plots))
     return 0 if any(r.ok for r in rows) else 1
 
 

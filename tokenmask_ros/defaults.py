@@ -28,8 +28,9 @@ DECODED_QUERIES = 64
 #: shapes, which TensorRT needs).
 SELECTIONS = ('kept', 'fixed')
 
-#: Inference backends, and the order ``auto`` tries them in (openvino only on x86-64 CPUs,
-#: where it was measured at least as fast as onnxruntime: docs/backends.md).
+#: Inference backends, and the order ``auto`` tries them in (openvino only for int8 on x86-64
+#: CPUs, where it was measured faster than onnxruntime, and on Intel GPUs / NPUs:
+#: docs/backends.md).
 BACKENDS = ('torch', 'onnxruntime', 'openvino', 'tensorrt')
 AUTO_ORDER = ('tensorrt', 'openvino', 'onnxruntime', 'torch')
 #: Numeric precisions; ``auto`` = fp16 on a GPU, fp32 on the CPU (never int8: a calibrated

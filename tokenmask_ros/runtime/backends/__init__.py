@@ -2,9 +2,9 @@
 imported only when their backend is asked for, so this package imports on any machine.
 
 ``auto`` tries :data:`AUTO_ORDER` (TensorRT, OpenVINO, ONNX Runtime, PyTorch) and logs why it
-skips each one. OpenVINO comes before ONNX Runtime only where it was measured to be at least
-as fast with equal outputs: on x86-64 CPUs (:func:`~.openvino_backend.auto_skip_reason`,
-``docs/backends.md``)."""
+skips each one. OpenVINO comes before ONNX Runtime only where it was measured faster: int8
+on x86-64 CPUs, and Intel GPUs / NPUs, which only it drives
+(:func:`~.openvino_backend.auto_skip_reason`, ``docs/backends.md``)."""
 
 from __future__ import annotations
 
@@ -125,7 +125,8 @@ def _first_that_starts(model_path: str | Path, options: dict) -> Backend:
         if candidate == 'openvino':
             from tokenmask_ros.runtime.backends.openvino_backend import auto_skip_reason
 
-            skip = auto_skip_reason(options['device'])
+            skip = auto_skip_reason(options['device'],
+                                    _precision(options['precision'], options['device']))
             if skip is not None:
                 log.info('backend auto: not trying openvino (%s)', skip)
                 reasons.append(f'openvino: {skip}')

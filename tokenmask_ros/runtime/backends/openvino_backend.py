@@ -4,8 +4,9 @@ compiled by OpenVINO for the CPU, or for an Intel GPU / NPU where OpenVINO finds
 Why a second CPU runtime: robots mostly carry x86 CPUs (Intel NUCs, AMD embedded boards)
 without a CUDA GPU, and OpenVINO's CPU plugin runs a QDQ (int8) export with int8 kernels
 (:mod:`..quantize`), where ONNX Runtime's CPU provider was slower than at fp32 on the
-machines measured (``docs/backends.md`` has the numbers and commands). At fp32 both run the
-graph at about the same speed and give the same outputs.
+machines measured (``docs/backends.md`` has the numbers and commands). At fp32 both give
+the same outputs, and ONNX Runtime ran the graph faster (it gains more from the graph's
+data-dependent number of decoded queries), so ``auto`` picks OpenVINO on CPUs for int8.
 
 Precision: an fp32 or int8 export runs with ``INFERENCE_PRECISION_HINT=f32``. OpenVINO's
 own default on CPUs with AVX512-BF16 or AMX is bf16 for every float op, which is faster but
@@ -79,15 +80,19 @@ def _check_present(core, name: str) -> None:
                                  f'(it finds {", ".join(available) or "none"})')
 
 
-def auto_skip_reason(device: str) -> str | None:
-    """Why ``auto`` should not pick OpenVINO for ``device`` here, or None when it should.
+def auto_skip_reason(device: str, precision: str = 'fp32') -> str | None:
+    """Why ``auto`` should not pick OpenVINO for ``device`` and ``precision`` here, or None
+    when it should.
 
-    The rule: ``device == 'cpu'`` on an x86-64 CPU with OpenVINO's CPU plugin. There it
-    gave the same outputs as ONNX Runtime, fp32 at 0.7-1.05x ONNX Runtime's time and int8 at
-    about 0.4x on the machines measured (``docs/backends.md``). Elsewhere it is not
-    preferred: on CUDA machines TensorRT or ONNX Runtime's CUDA provider run on the GPU, and
-    on ARM CPUs (Jetson, Raspberry Pi) nobody has measured it against ONNX Runtime yet.
-    ``--backend openvino`` still selects it explicitly anywhere it runs.
+    The rule: int8 with ``device == 'cpu'`` on an x86-64 CPU with OpenVINO's CPU plugin,
+    where OpenVINO ran the int8 export at 0.55-0.66x ONNX Runtime's fp32 time with PQ
+    within 0.1 (ONNX Runtime's own int8 was slower than its fp32). At fp32 ONNX Runtime was
+    the faster of the two on the graph that decodes only the kept queries (graph alone
+    36.8 vs 54.9 ms for the bundled model, ``docs/backends.md``), with equal outputs, so
+    ``auto`` leaves fp32 on CPUs to it. Elsewhere OpenVINO is not preferred: on CUDA
+    machines TensorRT or ONNX Runtime's CUDA provider run on the GPU, and on ARM CPUs
+    (Jetson, Raspberry Pi) nobody has measured it against ONNX Runtime yet. Intel GPUs / NPUs
+    are OpenVINO's alone. ``--backend openvino`` still selects it explicitly anywhere it runs.
     """
     if _ACCELERATOR.match(device):
         return None  # an Intel GPU / NPU: only OpenVINO runs there
@@ -97,6 +102,9 @@ def auto_skip_reason(device: str) -> str | None:
     if machine not in AUTO_ARCHITECTURES:
         return (f'auto prefers openvino only on x86-64 CPUs (measured there), not on '
                 f'{machine}; choose --backend openvino to use it')
+    if precision != 'int8':
+        return (f'auto prefers openvino on CPUs for int8 only (onnxruntime measured faster '
+                f'at {precision}); choose --backend openvino to use it')
     return None
 
 
