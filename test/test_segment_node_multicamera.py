@@ -204,11 +204,13 @@ def test_three_cameras_keep_answering_when_one_stops(rclpy_context, tmp_path, se
         # Depth cannot pair with several cameras: refused in one clear line, 2D goes on.
         depth = peer.node.create_publisher(Image, '/t_multi3/depth', RELIABLE)
         assert spin_until(peer.executor, lambda: depth.get_subscription_count() > 0, 30)
-        depth.publish(numpy_to_image(np.full((96, 128), 1000, np.uint16), '16UC1'))
         deadline = time.monotonic() + 30
         while 'are ignored: 3D outputs need a single camera' not in process.output:
             assert time.monotonic() < deadline, process.output
-            peer.executor.spin_once(timeout_sec=0.1)
+            # Again until refused: the node may match this new publisher after the first
+            # message (discovery is per side), which a best-effort reader then never sees.
+            depth.publish(numpy_to_image(np.full((96, 128), 1000, np.uint16), '16UC1'))
+            peer.executor.spin_once(timeout_sec=0.2)
         assert peer.answered(peer.send(('front',), 6)), process.output
     finally:
         peer.close()

@@ -1144,6 +1144,14 @@ class ShutdownSignals:
         if self.received is None:
             self.received = 'exit'
 
+    def ignore_until_exit(self) -> None:
+        """Once cleanup is done: ignore these signals for good. Python resets the signals it
+        handles to their default action while the interpreter finalizes, so a late SIGINT
+        would otherwise still kill the process (exit status -2) after a clean shutdown;
+        ignored signals stay ignored."""
+        for signum in SHUTDOWN_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+
     def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name
         if self.received is not None:
@@ -1198,6 +1206,7 @@ def main(args=None) -> int:
             node.destroy_node()
             logger.info('stopped: worker joined, model closed')
         rclpy.try_shutdown()
+        signals.ignore_until_exit()
 
 
 if __name__ == '__main__':
