@@ -194,6 +194,24 @@ def test_matches_a_plain_mask2former_loop_on_random_logits(seed):
     assert len(pairs) >= 2  # the random case is not trivially empty
 
 
+@pytest.mark.parametrize('seed', range(3))
+def test_scatter_counts_equal_the_one_hot_counts(seed):
+    """Won areas counted by a scatter-add over [B, H*W] equal the one-hot [B, K, H, W] sums:
+    batches, padding, queries not kept, and pixels where nothing is kept included."""
+    generator = torch.Generator().manual_seed(seed)
+    class_logits = torch.randn(2, 9, 4, generator=generator) * 5
+    mask_logits = torch.randn(2, 9, 10, 12, generator=generator) * 3
+    valid = torch.ones(2, 10, 12, dtype=torch.bool)
+    valid[0, 7:] = False
+    valid[1, :, 9:] = False
+    one_hot = dense_panoptic_scores(class_logits, mask_logits, None, 0.4, valid)
+    scatter = dense_panoptic_scores(class_logits, mask_logits, None, 0.4, valid,
+                                    scatter_counts=True)
+    for name in PanopticScores._fields:
+        assert torch.equal(getattr(one_hot, name), getattr(scatter, name)), name
+    assert one_hot.won_area.sum() > 0 and (~one_hot.keep).any()
+
+
 def test_segment_areas_and_boxes_on_a_known_map():
     label_map = np.array([[5, 5, -1],
                           [7, 5, 7]])

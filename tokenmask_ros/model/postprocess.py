@@ -131,7 +131,8 @@ def query_scores(class_logits: Tensor, score_threshold: float | Tensor = SCORE_T
 def dense_panoptic_scores(class_logits: Tensor, mask_logits: Tensor,
                           out_size: Sequence[int] | Letterbox | None = None,
                           score_threshold: float | Tensor = SCORE_THRESHOLD,
-                          valid: Tensor | None = None) -> PanopticScores:
+                          valid: Tensor | None = None, scatter_counts: bool = False
+                          ) -> PanopticScores:
     """The pixel-dense half of panoptic decoding, export-friendly (see :class:`PanopticScores`).
 
     ``class_logits`` [B, K, C+1] (last = no object), ``mask_logits`` [B, K, h, w] upsampled
@@ -139,7 +140,10 @@ def dense_panoptic_scores(class_logits: Tensor, mask_logits: Tensor,
     marks the pixels that hold image content: padding is never won (segment map -1) and not
     counted in the areas, as if the logits had been cropped. ``score_threshold`` may be a
     tensor, so an exported graph takes it as an input. Memory: one [B, K, H, W] float and
-    bool tensor at the output size, like the masks themselves.
+    bool tensor at the output size, like the masks themselves. ``scatter_counts``: count each
+    query's won pixels with one scatter-add over [B, H*W] (ONNX ScatterElements with
+    reduction) instead of a one-hot [B, K, H, W] pass; the same integers, cheaper, but
+    TensorRT builds such scatters only through a plugin, so its graphs keep the one-hot.
     """
     mask_logits = resize_logits(mask_logits, out_size)
     num_queries = class_logits.shape[1]
@@ -149,8 +153,11 @@ def dense_panoptic_scores(class_logits: Tensor, mask_logits: Tensor,
     # the [B, H, W] results, not on [B, K, H, W] inputs: every pass over K full-resolution
     # maps is most of the decoding's cost. A scalar fill value: a full_like tensor would be
     # constant-folded into a [B, K, H, W] initializer of the ONNX export.
-    weighted = torch.where(keep[:, :, None, None], scores[:, :, None, None] * mask_logits.sigmoid(),
-                           -1.0)
+    # score * sigmoid for kept queries, exactly -1 (0 * sigmoid - 1) for the others: one
+    # multiply-add the runtimes fuse with the sigmoid, instead of a select over [B, K, H, W].
+    scale = torch.where(keep, scores, 0.0)[:, :, None, None]
+    offset = torch.where(keep, 0.0, -1.0)[:, :, None, None]
+    weighted = scale * mask_logits.sigmoid() + offset
     winner = weighted.argmax(1, keepdim=True)  # ties: the first query, as before selection
     best = torch.gather(weighted, 1, winner).squeeze(1)
     own_logit = torch.gather(mask_logits, 1, winner).squeeze(1)
@@ -161,15 +168,20 @@ def dense_panoptic_scores(class_logits: Tensor, mask_logits: Tensor,
         won_pixel = won_pixel & valid
         covered = covered & valid[:, None]
     segment_map = torch.where(won_pixel & (own_logit >= 0), winner, -1)
-    query_ids = torch.arange(num_queries, device=mask_logits.device)[None, :, None, None]
-    won = (winner[:, None] == query_ids) & won_pixel[:, None]
+    if scatter_counts:
+        won_area = torch.zeros_like(scores, dtype=torch.int32).scatter_add(
+            1, winner.flatten(1), won_pixel.flatten(1).to(torch.int32))
+    else:
+        query_ids = torch.arange(num_queries, device=mask_logits.device)[None, :, None, None]
+        won = (winner[:, None] == query_ids) & won_pixel[:, None]
+        won_area = won.sum((2, 3), dtype=torch.int32)
     return PanopticScores(
         segment_map=segment_map.to(torch.int32),
         query_class=classes.to(torch.int32),
         query_score=scores,
         keep=keep,
         mask_area=covered.sum((2, 3), dtype=torch.int32),
-        won_area=won.sum((2, 3), dtype=torch.int32),
+        won_area=won_area,
     )
 
 

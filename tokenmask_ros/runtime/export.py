@@ -52,9 +52,9 @@ FORMAT_VERSION = '1'
 OPSETS = (18, 19, 20)  # what TensorRT 10/11 and ONNX Runtime both parse
 PROTOBUF_LIMIT = 2**31 - 1  # a single ONNX protobuf file cannot exceed 2 GiB
 RECORD_FORMAT = 'tokenmask-onnx-export'  # the checksum sidecar of a cached export
-# 2: the graph decodes only the best queries; 3: only the kept ones (selection 'kept').
-# Exports of an older version are made again.
-RECORD_VERSION = 3
+# 2: the graph decodes only the best queries; 3: only the kept ones (selection 'kept');
+# 4: won areas by scatter-add in 'kept' graphs. Exports of an older version are made again.
+RECORD_VERSION = 4
 
 log = logging.getLogger('tokenmask_ros.runtime')
 

@@ -95,7 +95,7 @@ class DeployGraph(nn.Module):
         valid = ((rows < content[:, 0, None, None])
                  & (cols < content[:, 1, None, None]))  # [1 or B, H, W]
         decoded = dense_panoptic_scores(class_logits, mask_logits.float(), None, threshold,
-                                        valid)
+                                        valid, scatter_counts=self.selection == 'kept')
         if select is not None:
             decoded = _to_all_queries(decoded, select, scores, classes, keep)
         # Areas of queries that are not kept do not depend on which were decoded.
