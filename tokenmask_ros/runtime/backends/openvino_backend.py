@@ -85,11 +85,12 @@ def auto_skip_reason(device: str, precision: str = 'fp32') -> str | None:
     when it should.
 
     The rule: int8 with ``device == 'cpu'`` on an x86-64 CPU with OpenVINO's CPU plugin,
-    where OpenVINO ran the int8 export at 0.55-0.66x ONNX Runtime's fp32 time with PQ
-    within 0.1 (ONNX Runtime's own int8 was slower than its fp32). At fp32 ONNX Runtime was
-    the faster of the two on the graph that decodes only the kept queries (graph alone
-    36.8 vs 54.9 ms for the bundled model, ``docs/backends.md``), with equal outputs, so
-    ``auto`` leaves fp32 on CPUs to it. Elsewhere OpenVINO is not preferred: on CUDA
+    where OpenVINO ran the int8 export at 0.54-0.71x ONNX Runtime's fp32 time with PQ
+    within 0.15 (ONNX Runtime's own int8 was slower than its fp32). At fp32 OpenVINO was
+    never clearly faster on the graph that decodes only the kept queries (graph alone 54.9
+    vs 36.8 ms for the bundled model; whole calls 0.7-1.2x between runs,
+    ``docs/backends.md``), with equal outputs, so ``auto`` leaves fp32 on CPUs to ONNX
+    Runtime. Elsewhere OpenVINO is not preferred: on CUDA
     machines TensorRT or ONNX Runtime's CUDA provider run on the GPU, and on ARM CPUs
     (Jetson, Raspberry Pi) nobody has measured it against ONNX Runtime yet. Intel GPUs / NPUs
     are OpenVINO's alone. ``--backend openvino`` still selects it explicitly anywhere it runs.
