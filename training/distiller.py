@@ -210,6 +210,8 @@ def distill(config: DistillConfig, teacher: TokenMask, out: str | Path,
 
     if config.amp not in ('none', 'bf16', 'fp16'):
         raise ValueError(f'amp must be none, bf16 or fp16, got {config.amp!r}')
+    if config.train not in ('all', 'mask'):
+        raise ValueError(f"train must be 'all' or 'mask', got {config.train!r}")
     if min(config.class_weight, config.dice_weight) < 0:
         raise ValueError(f'class_weight and dice_weight must be >= 0, got '
                          f'{config.class_weight}, {config.dice_weight}')
@@ -225,8 +227,6 @@ def distill(config: DistillConfig, teacher: TokenMask, out: str | Path,
     student = student_from_teacher(teacher).to(device).train()
     if config.student_init:
         _load_student(student, config.student_init)
-    if config.train not in ('all', 'mask'):
-        raise ValueError(f"train must be 'all' or 'mask', got {config.train!r}")
     if config.train == 'mask':  # the student's class path is the teacher's: keep it exact
         student.requires_grad_(False)
         student.mask_mlp.requires_grad_(True)

@@ -151,8 +151,8 @@ PARAMETERS: dict[str, Param] = {
     'model': Param('', 'TokenMask checkpoint (.safetensors) or exported .onnx file; "" = the '
                    'bundled model (restart the node to change)'),
     'backend': Param('auto', 'auto, tensorrt, openvino, onnxruntime or torch; auto = the '
-                     'first of those that runs here, openvino only on x86-64 CPUs (restart '
-                     'the node to change)'),
+                     'first of those that runs here, openvino only for int8 on x86-64 CPUs '
+                     'and on Intel GPU / NPU (restart the node to change)'),
     'device': Param('auto', 'auto, cpu, cuda, cuda:N, or GPU / NPU for backend openvino '
                     '(restart the node to change)'),
     'precision': Param('auto', 'auto, fp32, fp16 or int8 (calibrated, onnxruntime / '
