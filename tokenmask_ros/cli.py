@@ -555,9 +555,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     --all instead times every backend and precision side by side in one run (torch fp32,
     onnxruntime fp32 / int8, openvino fp32 / int8, tensorrt fp32 / fp16), alternating
-    calls on the same frames of the first --size, and reports median / p90, the ratio to
+    calls on the same frames, one run per --size, and reports median / p90, the ratio to
     onnxruntime fp32 and the fraction of pixels whose panoptic id equals onnxruntime fp32's:
-    bench_all.md, bench_all.csv, bench_all.png.
+    bench_all.md, bench_all.csv, bench_all.png. --reference GRAPH.onnx adds that exported
+    graph on onnxruntime fp32 as the first row and the reference of both columns, e.g. the
+    graph before query selection (tokenmask export --selection all) or an earlier export.
     """
     if args.repeats < 1 or args.warmup < 0:
         return _error('bench', '--repeats must be >= 1 and --warmup >= 0', 2)
@@ -565,6 +567,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         model = _find_model(args.model)
     except FileNotFoundError as error:
         return _error('bench', error, 2)
+    if args.reference is not None and not args.all:
+        return _error('bench', '--reference only applies to --all', 2)
     if args.all:
         return _bench_all(args, model)
 
@@ -620,6 +624,10 @@ def _bench_all(args: argparse.Namespace, model: Path) -> int:
 
     try:
         model_config(model)
+        if args.reference is not None:
+            if Path(args.reference).suffix != '.onnx':
+                raise ValueError(f'--reference {args.reference}: not an exported .onnx graph')
+            model_config(args.reference)
     except (ValueError, OSError) as error:
         return _error('bench', error, 2)
     logging.getLogger('tokenmask_ros.runtime').setLevel(logging.WARNING)
@@ -630,7 +638,8 @@ def _bench_all(args: argparse.Namespace, model: Path) -> int:
         try:
             size_rows = bench.bench_side_by_side(
                 model, size, device=args.device, warmup=args.warmup, repeats=args.repeats,
-                cache_dir=args.cache_dir, score_threshold=args.score_threshold, progress=say)
+                cache_dir=args.cache_dir, score_threshold=args.score_threshold, progress=say,
+                reference_graph=args.reference)
         except ValueError as error:  # a bad --device
             return _error('bench', error, 2)
         rows += size_rows
@@ -648,7 +657,10 @@ def _bench_all(args: argparse.Namespace, model: Path) -> int:
             f'{args.repeats} calls per combination after {args.warmup} warm-up calls; each '
             'round calls every combination once, in an order rotated every round, so load '
             'from other processes spreads evenly. Pixels: share of pixels whose panoptic id '
-            'equals the reference\'s (first row) on the same frames.')
+            'equals the reference\'s (first row) on the same frames.'
+            + ('' if args.reference is None else
+               f' Reference: the exported graph {Path(args.reference).name} on onnxruntime '
+               'fp32.'))
     (out / 'bench_all.md').write_text(f'# tokenmask bench --all\n\n`{command.strip()}`\n\n'
                                       f'{bench.environment(args.device)}\n\n{note}\n\n'
                                       + '\n'.join(sections))
@@ -683,6 +695,10 @@ def _add_bench(subparsers) -> None:
                         help='every backend and precision side by side on the same frames '
                         '(ignores --backends / --precisions): latency, ratio to onnxruntime '
                         'fp32 and pixels equal to it')
+    parser.add_argument('--reference', metavar='GRAPH.onnx',
+                        help='with --all: an exported graph timed on onnxruntime fp32 as the '
+                        'first row and the reference of the ratios (e.g. tokenmask export '
+                        '--selection all: the graph before query selection)')
     parser.add_argument('--quiet', action='store_true', help='no progress bar or table')
     parser.set_defaults(func=cmd_bench)
 
@@ -698,7 +714,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     --calibration DIR (images like the robot's camera sees, letterboxed as at run time) or
     --synthetic N synthetic scenes (only for models trained on them). The graph decodes
     only the frame's kept queries (--selection kept, for onnxruntime / openvino); TensorRT
-    needs static shapes: --selection fixed (the default with --fp16).
+    needs static shapes: --selection fixed (the default with --fp16). --selection all
+    decodes every query, as the graph did before query selection: slower, same output
+    while the cap does not bind, for comparisons (tokenmask bench --all --reference).
     """
     try:
         checkpoint = _find_model(args.checkpoint, 'checkpoint')
@@ -718,6 +736,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         return _error('export', '--int8 and --fp16 exclude each other: int8 is quantized '
                       'from the fp32 graph', 2)
     selection = args.selection or ('fixed' if args.fp16 else 'kept')
+    # 'all' is every query decoded: no cap, and static shapes like 'fixed'.
+    decoded, selection = (None, 'fixed') if selection == 'all' else (DECODED_QUERIES, selection)
     from tokenmask_ros.model import CheckpointError, build_model, load_checkpoint
     from tokenmask_ros.model.backbone import fit_position_embedding
     from tokenmask_ros.runtime.errors import BackendUnavailable
@@ -732,10 +752,10 @@ def cmd_export(args: argparse.Namespace) -> int:
             model.load_state_dict(state)
         if args.int8:
             path = _export_int8(model.eval(), Path(args.output), args.opset, calibration,
-                                selection)
+                                selection, decoded)
         else:
             path = export_onnx(model.eval(), args.output, fp16=args.fp16, opset=args.opset,
-                               selection=selection)
+                               selection=selection, decoded_queries=decoded)
     except (CheckpointError, ExportError, ValueError, OSError, BackendUnavailable) as error:
         return _error('export', error, 1)
     height, width = model.config.img_size
@@ -745,7 +765,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_int8(model, output: Path, opset: int, calibration: str, selection: str) -> Path:
+def _export_int8(model, output: Path, opset: int, calibration: str, selection: str,
+                 decoded_queries: int | None) -> Path:
     """The fp32 export of ``model`` beside ``output`` (a temp file), quantized into
     ``output``; the calibration source is checked before the export."""
     import tempfile
@@ -756,7 +777,8 @@ def _export_int8(model, output: Path, opset: int, calibration: str, selection: s
     calibration_key(calibration)  # CalibrationError (a ValueError) for a bad source
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix='.tokenmask-export-') as tmp:
-        fp32 = export_onnx(model, Path(tmp) / 'fp32.onnx', opset=opset, selection=selection)
+        fp32 = export_onnx(model, Path(tmp) / 'fp32.onnx', opset=opset, selection=selection,
+                           decoded_queries=decoded_queries)
         return quantize_int8(fp32, output, calibration)
 
 
@@ -783,10 +805,11 @@ def _add_export(subparsers) -> None:
     parser.add_argument('--size', type=parse_size, metavar='WxH',
                         help='network input WIDTHxHEIGHT, multiples of 16, e.g. 640x480 '
                         "(default: the checkpoint's)")
-    parser.add_argument('--selection', choices=SELECTIONS,
+    parser.add_argument('--selection', choices=(*SELECTIONS, 'all'),
                         help="queries the graph decodes: 'kept' (only the frame's kept ones, "
-                        "onnxruntime / openvino) or 'fixed' (the best "
-                        f"{DECODED_QUERIES}, static shapes for TensorRT); default kept, "
+                        "onnxruntime / openvino), 'fixed' (the best "
+                        f"{DECODED_QUERIES}, static shapes for TensorRT) or 'all' (every "
+                        'query, as before query selection: for comparisons); default kept, '
                         'fixed with --fp16')
     parser.add_argument('--opset', type=int, default=18, choices=(18, 19, 20),
                         help='ONNX opset (default 18; TensorRT parses 18-20)')

@@ -418,7 +418,7 @@ ALL_COMBINATIONS = (('onnxruntime', 'fp32'), ('torch', 'fp32'), ('onnxruntime', 
                     ('openvino', 'fp32'), ('openvino', 'int8'), ('tensorrt', 'fp32'),
                     ('tensorrt', 'fp16'))
 REFERENCE = ALL_COMBINATIONS[0]
-SIDE_BY_SIDE_COLUMNS = ('backend', 'precision', 'device', 'status', 'reason', 'describe',
+SIDE_BY_SIDE_COLUMNS = ('backend', 'precision', 'model', 'device', 'status', 'reason', 'describe',
                         'median_ms', 'p90_ms', 'ratio_to_reference', 'pixel_agreement',
                         'repeats', 'width', 'height')
 
@@ -427,13 +427,15 @@ SIDE_BY_SIDE_COLUMNS = ('backend', 'precision', 'device', 'status', 'reason', 'd
 class SideBySideRow:
     """One combination of :func:`bench_side_by_side`: whole-call latency (ms), its median's
     ratio to the reference's (ONNX Runtime fp32) and the fraction of pixels whose panoptic id
-    equals the reference's on the same frames."""
+    equals the reference's on the same frames. ``model``: the file name of a reference
+    graph given to :func:`bench_side_by_side` (empty for the benchmarked model)."""
 
     backend: str
     precision: str
     device: str
     width: int
     height: int
+    model: str = ''
     status: str = 'ok'
     reason: str = ''
     describe: str = ''
@@ -447,12 +449,18 @@ class SideBySideRow:
     def ok(self) -> bool:
         return self.status == 'ok'
 
+    @property
+    def label(self) -> str:
+        """'backend precision', with the reference graph's file name where there is one."""
+        return f'{self.backend} {self.precision}' + (f' ({self.model})' if self.model else '')
+
 
 def bench_side_by_side(model_path: str | Path, size: tuple[int, int], *, device: str = 'auto',
                        warmup: int = 2, repeats: int = 20,
                        combinations: Sequence[tuple[str, str]] = ALL_COMBINATIONS,
                        cache_dir=None, frames: Sequence[np.ndarray] | None = None,
-                       progress=None, **segmenter_options) -> list[SideBySideRow]:
+                       progress=None, reference_graph: str | Path | None = None,
+                       **segmenter_options) -> list[SideBySideRow]:
     """Time every (backend, precision) of ``combinations`` on the same frames in one run.
 
     All Segmenters are built first; then each round times one call of each, in an order
@@ -462,7 +470,10 @@ def bench_side_by_side(model_path: str | Path, size: tuple[int, int], *, device:
     pixel by pixel with the first combination's (the reference). ``size``: (width, height)
     of the frames (default: synthetic scenes). Combinations that cannot run here are
     ``skipped`` rows with their reason; this function does not raise for them.
-    ``progress``: called with a short text as each stage is done.
+    ``progress``: called with a short text as each stage is done. ``reference_graph``: an
+    exported ``.onnx`` file (e.g. ``tokenmask export --selection all``, the graph before
+    query selection, or an export of an earlier version) timed on onnxruntime fp32 as the
+    first row, so ratios and pixel agreement are against it.
     """
     from tokenmask_ros.runtime.backends import resolve_device
     from tokenmask_ros.runtime.segmenter import Segmenter
@@ -472,13 +483,17 @@ def bench_side_by_side(model_path: str | Path, size: tuple[int, int], *, device:
     width, height = size
     frames = list(frames) if frames is not None else synthetic_frames(width, height)
     device = resolve_device(device)
+    runs = [(model_path, backend, precision) for backend, precision in combinations]
+    if reference_graph is not None:
+        runs.insert(0, (Path(reference_graph), *REFERENCE))
     rows, segmenters = [], []
     try:
-        for backend, precision in combinations:
-            row = SideBySideRow(backend, precision, device, width, height, repeats=repeats)
+        for path, backend, precision in runs:
+            row = SideBySideRow(backend, precision, device, width, height, repeats=repeats,
+                                model='' if path is model_path else Path(path).name)
             rows.append(row)
             try:
-                segmenter = Segmenter(model_path, backend, device, precision,
+                segmenter = Segmenter(path, backend, device, precision,
                                       cache_dir=cache_dir, **segmenter_options)
             except (BackendUnavailable, ImportError) as error:
                 row.status, row.reason = 'skipped', _reason(error)
@@ -488,11 +503,11 @@ def bench_side_by_side(model_path: str | Path, size: tuple[int, int], *, device:
                 segmenters.append((row, segmenter))
                 row.describe = segmenter.backend.describe()
             if progress is not None:
-                progress(f'{backend} {precision}: {row.status}')
+                progress(f'{row.label}: {row.status}')
         reference = None
         for row, segmenter in segmenters:
             panoptic = [segmenter(frame).panoptic for frame in frames]
-            if (row.backend, row.precision) == tuple(combinations[0]):
+            if row is rows[0]:
                 reference = panoptic
             if reference is not None:
                 equal = sum(int((a == b).sum()) for a, b in zip(panoptic, reference, strict=True))
@@ -526,14 +541,15 @@ def _cell(value: float | None, digits: int = 1, suffix: str = '') -> str:
 
 def side_by_side_table(rows: Sequence[SideBySideRow]) -> str:
     """Markdown: one row per combination, skipped ones with their reason."""
-    reference = f'{rows[0].backend} {rows[0].precision}' if rows else 'reference'
+    reference = rows[0].label if rows else 'reference'
     lines = [f'| Backend | Precision | Device | Median (ms) | p90 (ms) | x {reference} | '
              f'Pixels = {reference} | Notes |', '|---|---|---|---|---|---|---|---|']
     for r in rows:
         agreement = None if r.pixel_agreement is None else 100 * r.pixel_agreement
         notes = r.describe if r.ok else f'{r.status}: {r.reason}'
         lines.append('| ' + ' | '.join((
-            r.backend, r.precision, r.device, _cell(r.median_ms), _cell(r.p90_ms),
+            r.backend + (f' ({r.model})' if r.model else ''), r.precision, r.device,
+            _cell(r.median_ms), _cell(r.p90_ms),
             _cell(r.ratio_to_reference, 2), _cell(agreement, 2, ' %'),
             notes.replace('|', '/'))) + ' |')
     return '\n'.join(lines)
@@ -571,7 +587,8 @@ def plot_side_by_side(path: str | Path, rows: Sequence[SideBySideRow], title: st
             agreement = '' if r.pixel_agreement is None else f'\n{100 * r.pixel_agreement:.1f} %'
             axis.text(xi, r.p90_ms, f'{_cell(r.ratio_to_reference, 2)}x{agreement}',
                       ha='center', va='bottom', fontsize=7)
-        axis.set_xticks(x, [f'{r.backend}\n{r.precision}' for r in done], fontsize=8)
+        axis.set_xticks(x, [f'{r.backend}\n{r.precision}' + (f'\n{r.model}' if r.model else '')
+                            for r in done], fontsize=8)
         axis.set_ylabel('median latency per frame (ms), whisker: p90')
         axis.set_ylim(0, 1.25 * max(r.p90_ms for r in done))
     else:
