@@ -43,7 +43,7 @@ from tokenmask_ros.model.postprocess import (
     decode_panoptic,
     thing_flags,
 )
-from tokenmask_ros.runtime.backends import OPENVINO_DEVICE, Backend, create_backend
+from tokenmask_ros.runtime.backends import OPENVINO_DEVICE, Backend, check_device, create_backend
 from tokenmask_ros.runtime.preprocess import InputError, check_image, letterbox
 
 log = logging.getLogger('tokenmask_ros.runtime')
@@ -85,15 +85,10 @@ def check_options(backend: str, device: str, precision: str, max_pixels: int | N
     if backend not in ('auto', *BACKENDS):
         raise ValueError(f"backend must be 'auto' or one of {', '.join(BACKENDS)}, "
                          f'got {backend!r}')
-    if isinstance(device, str) and OPENVINO_DEVICE.match(device):
-        if backend != 'openvino':
-            raise ValueError(f"device {device!r} is an OpenVINO device name (Intel GPU / NPU): "
-                             "use it with backend 'openvino'")
-    elif not isinstance(device, str) or not (
-            device in ('auto', 'cpu', 'cuda')
-            or (device.startswith('cuda:') and device[5:].isdigit())):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or, for openvino, "
-                         f"'GPU', 'GPU.N' or 'NPU', got {device!r}")
+    check_device(device)
+    if OPENVINO_DEVICE.match(device) and backend != 'openvino':
+        raise ValueError(f"device {device!r} is an OpenVINO device name (Intel GPU / NPU): "
+                         "use it with backend 'openvino'")
     if precision not in PRECISIONS:
         raise ValueError(f'precision must be one of {", ".join(PRECISIONS)}, '
                          f'got {precision!r}')

@@ -19,26 +19,42 @@ from tokenmask_ros.runtime.errors import BackendUnavailable, CacheError, LoadErr
 
 log = logging.getLogger('tokenmask_ros.runtime')
 
-__all__ = ['AUTO_ORDER', 'BACKENDS', 'Backend', 'BackendUnavailable', 'create_backend',
-           'open_cached_onnx', 'resolve_device']
+__all__ = [
+    'AUTO_ORDER',
+    'BACKENDS',
+    'Backend',
+    'BackendUnavailable',
+    'check_device',
+    'create_backend',
+    'open_cached_onnx',
+    'resolve_device',
+]
 
 
 #: OpenVINO's accelerator names (Intel GPUs, NPUs), accepted in any case; openvino only.
 OPENVINO_DEVICE = re.compile(r'^(GPU(\.\d+)?|NPU)$', re.IGNORECASE)
 
 
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; other values are checked.
-    OpenVINO's 'GPU', 'GPU.N' and 'NPU' (Intel accelerators) come back upper-case."""
-    if isinstance(device, str) and OPENVINO_DEVICE.match(device):
-        return device.upper()
-    import torch
-
-    if device == 'auto':
-        return 'cuda' if torch.cuda.is_available() else 'cpu'
-    if device != 'cpu' and not device.startswith('cuda'):
+def check_device(device: str) -> None:
+    """ValueError unless ``device`` is a device name any backend takes: 'auto', 'cpu',
+    'cuda', 'cuda:N' or OpenVINO's 'GPU', 'GPU.N', 'NPU' (any case)."""
+    if not isinstance(device, str) or not (
+            device in ('auto', 'cpu', 'cuda') or OPENVINO_DEVICE.match(device)
+            or (device.startswith('cuda:') and device[5:].isdigit())):
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or, for openvino, "
                          f"'GPU', 'GPU.N' or 'NPU', got {device!r}")
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; other values are checked
+    (:func:`check_device`). OpenVINO's 'GPU', 'GPU.N' and 'NPU' come back upper-case."""
+    check_device(device)
+    if OPENVINO_DEVICE.match(device):
+        return device.upper()
+    if device == 'auto':
+        import torch
+
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
     return device
 
 
