@@ -258,3 +258,32 @@ def test_mask_stage_keeps_the_teacher_classes_and_a_later_stage_continues_it(ima
                               device='cpu', student_init=str(tmp_path / 'mask' /
                                                              'model.safetensors')),
                 tiny_teacher(output_stride=8), tmp_path / 'bad', progress=False)
+
+
+def test_subpatch_student_shares_the_teacher_and_its_mask_stage_trains_the_sub_queries(
+        images, tmp_path):
+    teacher = tiny_teacher()
+    student = student_from_teacher(teacher, 'subpatch')
+    assert student.config.upsample == 'subpatch'
+    source, state = teacher.state_dict(), student.state_dict()
+    assert {k for k in state if k.startswith('mask_head.')} == {'mask_head.subpatch.weight'}
+    for key in (k for k in state if not k.startswith('mask_head.')):
+        assert torch.equal(state[key], source[key]), key
+    mask_stage = distill(DistillConfig(teacher='t', images=str(images), steps=3, batch_size=2,
+                                       lr=1e-2, device='cpu', train='mask',
+                                       student_upsample='subpatch'),
+                         teacher, tmp_path / 'mask', progress=False)['student']
+    after = mask_stage.state_dict()
+    changed = {k for k in state if not torch.equal(state[k], after[k])}
+    assert 'mask_head.subpatch.weight' in changed
+    assert all(k.startswith(('mask_mlp.', 'mask_head.')) for k in changed)
+    from tokenmask_ros.model import load_checkpoint
+
+    saved = load_checkpoint(tmp_path / 'mask' / 'model.safetensors')
+    assert saved.config.upsample == 'subpatch'
+    assert torch.equal(saved.state_dict()['mask_head.subpatch.weight'],
+                       after['mask_head.subpatch.weight'])
+    with pytest.raises(ValueError, match="student_upsample must be 'logit' or 'subpatch'"):
+        distill(DistillConfig(teacher='t', images=str(images), steps=1, batch_size=2,
+                              device='cpu', student_upsample='none'),
+                teacher, tmp_path / 'bad', progress=False)

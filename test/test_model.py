@@ -64,6 +64,36 @@ def test_eomt_head_without_scale_blocks_is_the_tokenmask_head_at_the_patch_grid(
                                TokenMaskHead((3, 4), 16, 16)(mask_embed, tokens))
 
 
+def test_subpatch_head_starts_as_nearest_upsampling_of_the_patch_grid_logits():
+    """Identity sub-queries: every position inside a patch scores like the patch itself."""
+    torch.manual_seed(4)
+    grid, dim = (3, 4), 8
+    mask_embed = torch.randn(2, 5, dim, dtype=torch.float64)
+    tokens = torch.randn(2, grid[0] * grid[1], dim, dtype=torch.float64)
+    head = TokenMaskHead(grid, 16, 4, dim, 'subpatch').double()
+    patch_grid = TokenMaskHead(grid, 16, 16)(mask_embed, tokens)
+    expected = F.interpolate(patch_grid, scale_factor=4, mode='nearest')
+    torch.testing.assert_close(head(mask_embed, tokens), expected, rtol=0, atol=1e-12)
+
+
+def test_subpatch_logit_of_a_pixel_is_its_sub_query_scored_against_its_patch_token():
+    """Pixel (y*r + i, x*r + j) = <W_(i, j) e_q, x_(y, x)>: the pixel-shuffle order."""
+    torch.manual_seed(5)
+    grid, dim, r = (2, 3), 6, 4
+    head = TokenMaskHead(grid, 16, 4, dim, 'subpatch').double()
+    torch.nn.init.normal_(head.subpatch.weight)
+    mask_embed = torch.randn(1, 2, dim, dtype=torch.float64)
+    tokens = torch.randn(1, grid[0] * grid[1], dim, dtype=torch.float64)
+    logits = head(mask_embed, tokens)
+    assert logits.shape == (1, 2, grid[0] * r, grid[1] * r)
+    weight = head.subpatch.weight.view(r, r, dim, dim)  # [i, j, out, in]
+    for q, y, x, i, j in [(0, 0, 0, 0, 0), (1, 1, 2, 3, 1), (0, 1, 0, 2, 3), (1, 0, 1, 1, 2)]:
+        expected = (weight[i, j] @ mask_embed[0, q]) @ tokens[0, y * grid[1] + x]
+        torch.testing.assert_close(logits[0, q, y * r + i, x * r + j], expected)
+    select = torch.tensor([[1]])
+    torch.testing.assert_close(head(mask_embed, tokens, select), logits[:, 1:])
+
+
 # --- model structure -----------------------------------------------------------------
 
 def test_tokenmask_head_has_no_parameters_and_eomt_head_has_scale_blocks():
@@ -93,7 +123,8 @@ def test_presets_build_the_paper_backbones(preset):
 
 
 HEAD_STRIDES = [('tokenmask', 'logit', s) for s in (1, 4, 8, 16)] + [
-    ('tokenmask', 'none', 16)] + [('eomt', 'feature', s) for s in (1, 4, 8, 16)]
+    ('tokenmask', 'none', 16), ('tokenmask', 'subpatch', 4), ('tokenmask', 'subpatch', 8)] + [
+    ('eomt', 'feature', s) for s in (1, 4, 8, 16)]
 
 
 @pytest.mark.parametrize('preset', sorted(PRESETS))
@@ -198,6 +229,7 @@ def test_gradients_reach_queries_backbone_and_heads(images):
     ({'head': 'eomt', 'upsample': 'logit'}, "head 'eomt' takes upsample"),
     ({'output_stride': 3}, 'output_stride must be one of'),
     ({'upsample': 'none', 'output_stride': 4}, 'predicts at the patch grid'),
+    ({'upsample': 'subpatch', 'output_stride': 16}, 'positions inside a patch'),
     ({'img_size': 70}, 'multiples of 16'),
     ({'num_queries': 0}, 'must be >= 1'),
     ({'num_query_blocks': 3}, 'exceeds depth'),

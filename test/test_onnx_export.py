@@ -38,11 +38,15 @@ CLASSES = (ClassInfo('floor', False), ClassInfo('wall', False), ClassInfo('disc'
            ClassInfo('box'), ClassInfo('bar'))
 
 
+UPSAMPLE = {'tokenmask': 'logit', 'eomt': 'feature', 'subpatch': 'subpatch'}
+
+
 def tiny_config(head: str) -> TokenMaskConfig:
+    """``head`` 'tokenmask', 'eomt' or 'subpatch' (the TokenMask head with sub-queries)."""
     return TokenMaskConfig.from_preset(
         'tiny', img_size=INPUT_SIZE, embed_dim=32, depth=3, num_heads=2, num_query_blocks=2,
-        num_queries=8, num_classes=len(CLASSES), classes=CLASSES, head=head,
-        upsample='logit' if head == 'tokenmask' else 'feature')
+        num_queries=8, num_classes=len(CLASSES), classes=CLASSES,
+        head='eomt' if head == 'eomt' else 'tokenmask', upsample=UPSAMPLE[head])
 
 
 def random_model(head: str, seed: int = 0) -> nn.Module:
@@ -97,7 +101,7 @@ def extreme_canvases():
             'noise': rng.integers(0, 256, shape, dtype=np.uint8)}
 
 
-@pytest.fixture(scope='module', params=['tokenmask', 'eomt'])
+@pytest.fixture(scope='module', params=['tokenmask', 'eomt', 'subpatch'])
 def exported(request, tmp_path_factory):
     """One random model per head with its four exports (panoptic / logits x fp32 / fp16)."""
     head = request.param

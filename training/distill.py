@@ -51,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
                         help='what learns: all of the student, or only its mask MLP (the '
                              'backbone, queries and class head stay the teacher\'s, so the '
                              'classes stay exactly the teacher\'s; cheaper steps)')
+    parser.add_argument('--student-upsample', default='logit', choices=('logit', 'subpatch'),
+                        help="the student's mask head: 'logit' (the paper's bilinear "
+                        "upsampling of patch-grid logits) or 'subpatch' (learned sub-queries "
+                        'per position inside a patch: masks thinner than a patch, such as '
+                        'poles)')
     parser.add_argument('--student-init', default=None, metavar='FILE',
                         help='start from this student of the same teacher (e.g. the '
                              'model.safetensors of a --train mask run) instead of the teacher')
@@ -79,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         video_stride=args.video_stride, checkpoint_every=args.checkpoint_every,
         log_every=args.log_every, amp=args.amp, device=args.device, seed=args.seed,
         train=args.train, student_init=args.student_init,
+        student_upsample=args.student_upsample,
         eval_synthetic=args.eval_synthetic,
         eval_coco=tuple(args.eval_coco) if args.eval_coco else None,
         eval_images=args.eval_images)

@@ -37,21 +37,22 @@ VIDEO_SUFFIXES = frozenset({'.mp4', '.avi', '.mkv', '.mov', '.webm', '.m4v'})
 # --------------------------------------------------------------------------- student
 
 
-def student_from_teacher(teacher: TokenMask) -> TokenMask:
-    """A ``head='tokenmask'``, ``upsample='logit'`` student at the teacher's output stride,
-    holding the teacher's weights for everything but the mask head (EoMT's ScaleBlocks are
-    dropped; TokenMask's head has no parameters)."""
-    config = teacher.config.replace(head='tokenmask', upsample='logit')
+def student_from_teacher(teacher: TokenMask, upsample: str = 'logit') -> TokenMask:
+    """A ``head='tokenmask'`` student (``upsample`` 'logit', or 'subpatch' for sub-patch
+    masks) at the teacher's output stride, holding the teacher's weights for everything but
+    the mask head (EoMT's ScaleBlocks are dropped; the 'logit' head has no parameters, the
+    'subpatch' one starts as nearest upsampling)."""
+    config = teacher.config.replace(head='tokenmask', upsample=upsample)
     student = build_model(config)
     shared = {k: v for k, v in teacher.state_dict().items() if not k.startswith('mask_head.')}
-    expected = student.state_dict()
+    expected = {k: v for k, v in student.state_dict().items() if not k.startswith('mask_head.')}
     missing = sorted(set(expected) - set(shared))
     wrong = sorted(k for k in set(expected) & set(shared) if expected[k].shape != shared[k].shape)
     if missing or wrong or set(shared) - set(expected):
         extra = sorted(set(shared) - set(expected))
         raise ValueError(f'teacher and student do not share their weights: missing '
                          f'{missing[:5]}, wrong shape {wrong[:5]}, extra {extra[:5]}')
-    student.load_state_dict(shared)
+    student.load_state_dict(shared, strict=False)  # the student's own head stays as built
     return student.to(next(teacher.parameters()).device)
 
 
@@ -185,7 +186,8 @@ class DistillConfig:
     amp: str = 'none'
     device: str = 'auto'
     seed: int = 0
-    train: str = 'all'  # 'mask': only the mask MLP learns; classes stay the teacher's exactly
+    train: str = 'all'  # 'mask': only the mask MLP (and head) learn; classes stay the teacher's
+    student_upsample: str = 'logit'  # or 'subpatch': sub-patch masks in token space
     student_init: str | None = None  # start from this student (e.g. a --train mask stage)
     eval_synthetic: int = 0  # > 0: PQ on that many synthetic validation scenes per checkpoint
     eval_coco: tuple[str, str, str] | None = None  # or on a COCO-panoptic set (images, pngs, json)
@@ -212,6 +214,9 @@ def distill(config: DistillConfig, teacher: TokenMask, out: str | Path,
         raise ValueError(f'amp must be none, bf16 or fp16, got {config.amp!r}')
     if config.train not in ('all', 'mask'):
         raise ValueError(f"train must be 'all' or 'mask', got {config.train!r}")
+    if config.student_upsample not in ('logit', 'subpatch'):
+        raise ValueError(f"student_upsample must be 'logit' or 'subpatch', got "
+                         f'{config.student_upsample!r}')
     if min(config.class_weight, config.dice_weight) < 0:
         raise ValueError(f'class_weight and dice_weight must be >= 0, got '
                          f'{config.class_weight}, {config.dice_weight}')
@@ -224,12 +229,13 @@ def distill(config: DistillConfig, teacher: TokenMask, out: str | Path,
                           if config.device == 'auto' else config.device)
     torch.manual_seed(config.seed)
     teacher = teacher.to(device).eval().requires_grad_(False)
-    student = student_from_teacher(teacher).to(device).train()
+    student = student_from_teacher(teacher, config.student_upsample).to(device).train()
     if config.student_init:
         _load_student(student, config.student_init)
     if config.train == 'mask':  # the student's class path is the teacher's: keep it exact
         student.requires_grad_(False)
         student.mask_mlp.requires_grad_(True)
+        student.mask_head.requires_grad_(True)  # the sub-queries of a 'subpatch' head
     forward = student if world == 1 else torch.nn.parallel.DistributedDataParallel(
         student, device_ids=[local_rank] if device.type == 'cuda' else None)
     wants_validation = config.eval_synthetic > 0 or bool(config.eval_coco)

@@ -26,7 +26,7 @@ ALLOWED_BACKBONE_KWARGS: dict[str, tuple[type, ...]] = {
     'mlp_ratio': (int, float),
     'qkv_bias': (bool,),
 }
-UPSAMPLING = {'tokenmask': ('logit', 'none'), 'eomt': ('feature',)}
+UPSAMPLING = {'tokenmask': ('logit', 'none', 'subpatch'), 'eomt': ('feature',)}
 OUTPUT_STRIDES = (1, 2, 4, 8, 16)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -103,7 +103,9 @@ class TokenMaskConfig:
     keeps them); tiny test models use them. ``output_stride`` is the mask resolution
     relative to the input: logits are bilinearly upsampled to it (``tokenmask`` +
     ``logit``), produced at the patch grid (``tokenmask`` + ``none``: stride = patch size),
-    or reached with learned ScaleBlocks (``eomt`` + ``feature``: log2(patch/stride) blocks,
+    scored per sub-patch position in token space (``tokenmask`` + ``subpatch``: each query
+    becomes (patch/stride)^2 learned sub-queries, one per position inside a patch), or
+    reached with learned ScaleBlocks (``eomt`` + ``feature``: log2(patch/stride) blocks,
     EoMT's default two at stride 4). ``backbone_kwargs`` are further JSON-valued keyword
     arguments for ``timm.create_model`` (e.g. ``reg_tokens``, ``init_values``) for
     architectures the backbone name alone does not pin down, such as imported EoMT models.
@@ -148,6 +150,9 @@ class TokenMaskConfig:
         if self.upsample == 'none' and self.output_stride != self.patch_size:
             yield (f'upsample "none" predicts at the patch grid: output_stride must be '
                    f'{self.patch_size}, got {self.output_stride}')
+        if self.upsample == 'subpatch' and self.output_stride == self.patch_size:
+            yield (f'upsample "subpatch" scores positions inside a patch: output_stride must '
+                   f'be below patch_size {self.patch_size}')
         if any(s <= 0 or s % self.patch_size for s in self.img_size):
             yield f'img_size {self.img_size} must be positive multiples of {self.patch_size}'
         if self.num_queries < 1 or self.num_query_blocks < 1 or self.num_classes < 1:

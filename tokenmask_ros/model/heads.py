@@ -2,8 +2,11 @@
 
 ``TokenMaskHead`` is the paper: one batched GEMM between projected queries and patch
 tokens (eq. 7-9), a reshape to the patch grid (eq. 10), and bilinear interpolation of the
-*logits* (eq. 11). ``EoMTHead`` is the image-space baseline: patch tokens are rebuilt into a
-(D, h, w) map, upscaled by learned ScaleBlocks, and scored with an einsum.
+*logits* (eq. 11). Its ``subpatch`` variant (ours) scores r x r learned sub-queries per query
+against the same tokens, one per position inside a patch, and interleaves the results into
+the stride-(patch / r) grid: still no dense feature map, but masks finer than a patch (thin
+rods, poles) become possible. ``EoMTHead`` is the image-space baseline: patch tokens are
+rebuilt into a (D, h, w) map, upscaled by learned ScaleBlocks, and scored with an einsum.
 """
 
 from __future__ import annotations
@@ -31,17 +34,31 @@ class MaskMLP(nn.Sequential):
 
 
 class TokenMaskHead(nn.Module):
-    """Token-space scoring; has no parameters besides the shared mask MLP."""
+    """Token-space scoring. ``upsample`` 'logit' / 'none' have no parameters besides the
+    shared mask MLP; 'subpatch' adds one bias-free ``Linear(D, r*r*D)`` (r = patch / stride)
+    that makes the sub-queries, initialised so every sub-query equals its query (nearest
+    upsampling of the patch-grid logits) until training moves them apart."""
 
-    def __init__(self, grid_size: tuple[int, int], patch_size: int, output_stride: int):
+    def __init__(self, grid_size: tuple[int, int], patch_size: int, output_stride: int,
+                 dim: int | None = None, upsample: str = 'logit'):
         super().__init__()
         self.grid_size = tuple(grid_size)
         self.scale = patch_size // output_stride
+        self.subpatch = None
+        if upsample == 'subpatch':
+            if dim is None or self.scale < 2:
+                raise ValueError('upsample "subpatch" needs dim and output_stride < patch_size')
+            self.subpatch = nn.Linear(dim, self.scale ** 2 * dim, bias=False)
+            with torch.no_grad():
+                self.subpatch.weight.copy_(torch.eye(dim).repeat(self.scale ** 2, 1))
 
     def forward(self, mask_embed: torch.Tensor, patch_tokens: torch.Tensor,
                 select: torch.Tensor | None = None) -> torch.Tensor:
         """Mask logits [B, K, h, w]; with ``select`` ([B, k] query indices) only those
-        queries' [B, k, h, w], bit-identical to selecting from the full result."""
+        queries' [B, k, h, w], bit-identical to selecting from the full result ('logit',
+        'none'; 'subpatch' scores only the selected queries' sub-queries)."""
+        if self.subpatch is not None:
+            return self._subpatch_logits(mask_embed, patch_tokens, select)
         # eq. (7)-(9): A = E_q X^T, one GEMM on the token sequence [B, K, D] x [B, D, N].
         # Selection comes after this cheap GEMM, so its values do not depend on k.
         affinity = torch.bmm(mask_embed, patch_tokens.transpose(1, 2))
@@ -54,6 +71,20 @@ class TokenMaskHead(nn.Module):
             logits = F.interpolate(logits, scale_factor=self.scale, mode='bilinear',
                                    align_corners=False)
         return logits
+
+    def _subpatch_logits(self, mask_embed: torch.Tensor, patch_tokens: torch.Tensor,
+                         select: torch.Tensor | None) -> torch.Tensor:
+        if select is not None:
+            mask_embed = gather_queries(mask_embed, select)
+        batch, queries, dim = mask_embed.shape
+        r, (height, width) = self.scale, self.grid_size
+        # [B, k*r*r, D] sub-queries x [B, D, N] tokens: one GEMM, as eq. (7)-(9).
+        sub_queries = self.subpatch(mask_embed).reshape(batch, queries * r * r, dim)
+        affinity = torch.bmm(sub_queries, patch_tokens.transpose(1, 2))
+        # [B, k, r(row), r(col), h, w] -> [B, k, h*r, w*r]: sub-position (i, j) of patch
+        # (y, x) is pixel (y*r + i, x*r + j) of the output grid (a pixel shuffle).
+        logits = affinity.reshape(batch, queries, r, r, height, width)
+        return logits.permute(0, 1, 4, 2, 5, 3).reshape(batch, queries, height * r, width * r)
 
 
 class ScaleBlock(nn.Module):

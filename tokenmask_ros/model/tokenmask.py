@@ -49,7 +49,8 @@ class TokenMask(nn.Module):
         self.mask_mlp = MaskMLP(dim)
         grid = backbone.patch_embed.grid_size
         if config.head == 'tokenmask':
-            self.mask_head = TokenMaskHead(grid, config.patch_size, config.output_stride)
+            self.mask_head = TokenMaskHead(grid, config.patch_size, config.output_stride, dim,
+                                           config.upsample)
         else:
             self.mask_head = EoMTHead(dim, grid, config.patch_size, config.output_stride)
         self.register_buffer('pixel_mean', torch.tensor(config.pixel_mean).view(1, 3, 1, 1),
