@@ -47,6 +47,7 @@ VARIANTS = {
     'tokenmask/logit s8': {'head': 'tokenmask', 'upsample': 'logit', 'output_stride': 8},
     'tokenmask/logit s4': {'head': 'tokenmask', 'upsample': 'logit', 'output_stride': 4},
     'tokenmask/logit s1': {'head': 'tokenmask', 'upsample': 'logit', 'output_stride': 1},
+    'tokenmask/subpatch s4': {'head': 'tokenmask', 'upsample': 'subpatch', 'output_stride': 4},
 }
 TEACHER = 'eomt/feature s4'
 STUDENT = 'distilled student'

@@ -140,9 +140,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--heads', nargs='+', default=['tokenmask', 'eomt'],
                         choices=sorted(UPSAMPLING), help='mask heads to benchmark')
     parser.add_argument('--upsampling', nargs='+', default=['logit', 'none', 'feature'],
-                        choices=['logit', 'none', 'feature'],
-                        help='upsampling modes (tokenmask: logit/none, eomt: feature); '
-                             'invalid head/upsampling/stride combinations are skipped')
+                        choices=['logit', 'none', 'feature', 'subpatch'],
+                        help='upsampling modes (tokenmask: logit/none/subpatch, eomt: '
+                             "feature; the paper's tables have no subpatch); invalid "
+                             'head/upsampling/stride combinations are skipped')
     parser.add_argument('--strides', nargs='+', type=int, default=[1, 4, 8, 16],
                         help='mask output strides (upsampling "none" only exists at 16)')
     parser.add_argument('--img-size', type=int, default=640,
