@@ -18,7 +18,6 @@ scores, keep, won areas). Writes ``decoding.md`` and ``decoding.csv`` into ``--o
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 import tempfile
@@ -181,6 +180,8 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
 
 
 def main(argv=None) -> int:
+    from training.table_files import write_table
+
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -194,13 +195,7 @@ def main(argv=None) -> int:
                     rows += compare(name, model, backend, args, Path(scratch))
                     print('   ' + ', '.join(f"{r['decoded_queries']}: {r['median_ms']} ms"
                                             for r in rows[-3:]), flush=True)
-    with (args.out / 'decoding.csv').open('w', newline='') as file:
-        writer = csv.DictWriter(file, COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    table = markdown(rows, args)
-    (args.out / 'decoding.md').write_text(table)
-    print(table)
+    write_table(args.out, 'decoding', COLUMNS, rows, markdown(rows, args))
     return 0 if all(r['identical'] for r in rows) else 1
 
 

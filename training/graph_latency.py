@@ -18,7 +18,6 @@ are letterboxed synthetic scenes at each graph's input size. Writes ``latency.md
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 import time
@@ -119,15 +118,10 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from training.table_files import write_table
+
     rows = measure(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / 'latency.csv').open('w', newline='') as handle:
-        writer = csv.DictWriter(handle, COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    table = markdown(rows, args)
-    (args.out / 'latency.md').write_text(table)
-    print(table)
+    write_table(args.out, 'latency', COLUMNS, rows, markdown(rows, args))
     return 0
 
 
