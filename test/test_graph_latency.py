@@ -10,9 +10,9 @@ import pytest
 
 pytest.importorskip('onnxruntime')
 
-from tokenmask_ros.model import TokenMaskConfig, build_model  # noqa: E402
-from tokenmask_ros.runtime.export import export_onnx  # noqa: E402
-from training import graph_latency  # noqa: E402
+from tokenmask_ros.model import TokenMaskConfig, build_model
+from tokenmask_ros.runtime.export import export_onnx
+from training import graph_latency
 
 
 def tiny_export(path, **overrides):
