@@ -205,6 +205,10 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--cache-dir', metavar='DIR',
                         help='where ONNX exports and TensorRT engines are cached '
                         '(default: the runtime\'s cache folder)')
+    parser.add_argument('--threads', type=int, default=0, metavar='N',
+                        help='CPU threads per inference for onnxruntime, openvino and torch '
+                        "(default 0: each runtime's own default; on small or shared CPUs "
+                        'fewer can be faster)')
 
 
 def _threshold_options(parser: argparse.ArgumentParser) -> None:
@@ -385,7 +389,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                               score_threshold=args.score_threshold,
                               overlap_threshold=args.overlap_threshold,
                               label_divisor=args.label_divisor, cache_dir=args.cache_dir,
-                              max_pixels=args.max_pixels)
+                              max_pixels=args.max_pixels, threads=args.threads)
     except (FileNotFoundError, CheckpointError, ValueError) as error:
         return _error('predict', error, 2)
     except (BackendUnavailable, ImportError) as error:
@@ -561,8 +565,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     graph on onnxruntime fp32 as the first row and the reference of both columns, e.g. the
     graph before query selection (tokenmask export --selection all) or an earlier export.
     """
-    if args.repeats < 1 or args.warmup < 0:
-        return _error('bench', '--repeats must be >= 1 and --warmup >= 0', 2)
+    if args.repeats < 1 or args.warmup < 0 or args.threads < 0:
+        return _error('bench', '--repeats must be >= 1, --warmup and --threads >= 0', 2)
     try:
         model = _find_model(args.model)
     except FileNotFoundError as error:
@@ -594,7 +598,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         results = bench.run_grid(model, args.backends, args.precisions, args.size,
                                  progress=update, device=args.device, warmup=args.warmup,
                                  repeats=args.repeats, cache_dir=args.cache_dir,
-                                 score_threshold=args.score_threshold)
+                                 score_threshold=args.score_threshold, threads=args.threads)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = bench.markdown_table(results)
@@ -639,7 +643,7 @@ def _bench_all(args: argparse.Namespace, model: Path) -> int:
             size_rows = bench.bench_side_by_side(
                 model, size, device=args.device, warmup=args.warmup, repeats=args.repeats,
                 cache_dir=args.cache_dir, score_threshold=args.score_threshold, progress=say,
-                reference_graph=args.reference)
+                reference_graph=args.reference, threads=args.threads)
         except ValueError as error:  # a bad --device
             return _error('bench', error, 2)
         rows += size_rows

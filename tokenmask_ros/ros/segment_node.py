@@ -162,6 +162,9 @@ PARAMETERS: dict[str, Param] = {
                               '$TOKENMASK_CACHE_DIR or ~/.cache/tokenmask_ros'),
     'force_engine_update': Param(False, 'rebuild the TensorRT engine even when a matching '
                                  'one is cached'),
+    'threads': Param(0, 'CPU threads per inference (onnxruntime, openvino, torch); 0 = each '
+                     "runtime's default (restart the node to change)",
+                     extra=_int_range(0, 1024)),
     'input_transport': Param('raw', 'raw: sensor_msgs/Image on "image"; compressed: '
                              'sensor_msgs/CompressedImage on "image/compressed"'),
     'image_reliability': Param('best_effort', 'reliability of the image subscription: '
@@ -740,7 +743,8 @@ class SegmentNode(LifecycleNode):
             self.model_path, p['backend'], p['device'], p['precision'],
             score_threshold=p['score_threshold'], overlap_threshold=p['overlap_threshold'],
             label_divisor=p['label_divisor'], cache_dir=p['engine_cache_dir'] or None,
-            force_engine_update=p['force_engine_update'], batch=batch)
+            force_engine_update=p['force_engine_update'], batch=batch,
+            threads=p['threads'])
 
     def _create_output_publisher(self, msg_type, topic: str, qos):
         def warn(event, topic=topic):

@@ -43,7 +43,13 @@ from tokenmask_ros.model.postprocess import (
     decode_panoptic,
     thing_flags,
 )
-from tokenmask_ros.runtime.backends import OPENVINO_DEVICE, Backend, check_device, create_backend
+from tokenmask_ros.runtime.backends import (
+    OPENVINO_DEVICE,
+    Backend,
+    check_device,
+    check_threads,
+    create_backend,
+)
 from tokenmask_ros.runtime.preprocess import InputError, check_image, letterbox
 
 log = logging.getLogger('tokenmask_ros.runtime')
@@ -113,8 +119,9 @@ class Segmenter:
                  overlap_threshold: float = OVERLAP_THRESHOLD,
                  label_divisor: int = LABEL_DIVISOR, cache_dir: str | Path | None = None,
                  force_engine_update: bool = False, compile: bool = False,
-                 max_pixels: int | None = None, batch: int = 1):
+                 max_pixels: int | None = None, batch: int = 1, threads: int | None = None):
         check_options(backend, device, precision, max_pixels)
+        check_threads(threads)
         if isinstance(batch, bool) or not isinstance(batch, int | np.integer) or batch < 1:
             raise ValueError(f'batch must be an integer >= 1, got {batch!r}')
         self.config: TokenMaskConfig = model_config(model_path)  # metadata only: cheap
@@ -131,7 +138,8 @@ class Segmenter:
         self._canvas: np.ndarray | None = None  # [slots, H, W, 3], reused across calls
         self.backend: Backend = create_backend(
             backend, model_path, device=device, precision=precision, cache_dir=cache_dir,
-            force_engine_update=force_engine_update, compile=compile, batch=int(batch))
+            force_engine_update=force_engine_update, compile=compile, batch=int(batch),
+            threads=threads)
         try:
             self.input_size = tuple(int(s) for s in self.backend.input_size)
             expected = tuple(int(s) for s in self.config.img_size)

@@ -25,6 +25,7 @@ __all__ = [
     'Backend',
     'BackendUnavailable',
     'check_device',
+    'check_threads',
     'create_backend',
     'open_cached_onnx',
     'resolve_device',
@@ -66,10 +67,20 @@ def _precision(precision: str, device: str) -> str:
     return precision
 
 
+def check_threads(threads: int | None) -> None:
+    """ValueError unless ``threads`` is None or an integer >= 0 (None / 0: the runtime's
+    default)."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 0):
+        raise ValueError(f'threads must be an integer >= 0 (0: the runtime default), '
+                         f'got {threads!r}')
+
+
 def create_backend(name: str, model_path: str | Path, *, device: str = 'auto',
                    precision: str = 'auto', cache_dir: str | Path | None = None,
                    force_engine_update: bool = False, compile: bool = False,
-                   batch: int = 1, calibration: str | Path | int | None = None) -> Backend:
+                   batch: int = 1, calibration: str | Path | int | None = None,
+                   threads: int | None = None) -> Backend:
     """The backend ``name`` ('auto' = the first of :data:`AUTO_ORDER` that works here).
 
     ``model_path``: a TokenMask ``.safetensors`` checkpoint (every backend; ONNX files are
@@ -83,12 +94,16 @@ def create_backend(name: str, model_path: str | Path, *, device: str = 'auto',
     PyTorch runs any batch). ``precision='int8'``: a calibrated QDQ export (onnxruntime,
     openvino; :mod:`~tokenmask_ros.runtime.quantize`) calibrated on ``calibration`` (a folder
     of images or ``'synthetic:N'``; default synthetic scenes), or an int8 ``.onnx`` file.
+    ``threads``: CPU threads per inference (ONNX Runtime intra-op threads, OpenVINO
+    ``INFERENCE_NUM_THREADS``, ``torch.set_num_threads`` for the whole process; TensorRT runs
+    on the GPU and ignores it); None or 0 keeps each runtime's default.
     """
+    check_threads(threads)
     device = resolve_device(device)
     if name == 'auto':
         options = {'device': device, 'precision': precision, 'cache_dir': cache_dir,
                    'force_engine_update': force_engine_update, 'compile': compile,
-                   'batch': batch, 'calibration': calibration}
+                   'batch': batch, 'calibration': calibration, 'threads': threads}
         return _first_that_starts(model_path, options)
     if name not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {name!r}")
@@ -111,19 +126,22 @@ def create_backend(name: str, model_path: str | Path, *, device: str = 'auto',
         from tokenmask_ros.model import load_checkpoint
         from tokenmask_ros.runtime.backends.torch_backend import TorchBackend
 
-        return TorchBackend(load_checkpoint(path), device, precision, compile=compile)
+        return TorchBackend(load_checkpoint(path), device, precision, compile=compile,
+                            threads=threads)
     if name == 'onnxruntime':
         from tokenmask_ros.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         return open_cached_onnx(path, precision, cache_dir, lambda onnx_path: (
-            OnnxRuntimeBackend(onnx_path, device, cache_dir=cache_dir)), batch=batch,
+            OnnxRuntimeBackend(onnx_path, device, cache_dir=cache_dir, threads=threads)),
+            batch=batch,
             calibration=calibration)
     if name == 'openvino':
         from tokenmask_ros.runtime.backends.openvino_backend import OpenVINOBackend
 
         OpenVINOBackend.check_available(device)  # fail before spending time on an export
         return open_cached_onnx(path, precision, cache_dir, lambda onnx_path: (
-            OpenVINOBackend(onnx_path, device, cache_dir=cache_dir)), batch=batch,
+            OpenVINOBackend(onnx_path, device, cache_dir=cache_dir, threads=threads)),
+            batch=batch,
             calibration=calibration)
     from tokenmask_ros.runtime.backends.tensorrt_backend import TensorRTBackend
 

@@ -58,9 +58,10 @@ class OnnxRuntimeBackend(Backend):
     name = 'onnxruntime'
 
     def __init__(self, onnx_path: str | Path, device: str = 'cpu',
-                 cache_dir: str | Path | None = None):
+                 cache_dir: str | Path | None = None, threads: int | None = None):
         """``cache_dir``: the runtime's cache folder, for the TensorRT provider's cache
-        (:func:`providers`). A file onnxruntime refuses to load raises :class:`LoadError`."""
+        (:func:`providers`). ``threads``: intra-op threads (None / 0: onnxruntime's
+        default). A file onnxruntime refuses to load raises :class:`LoadError`."""
         try:
             import onnxruntime as ort
         except ImportError as error:
@@ -76,6 +77,8 @@ class OnnxRuntimeBackend(Backend):
         self.device = device
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
         chosen = providers(ort.get_available_providers(), device, cache_dir)
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=chosen)

@@ -113,10 +113,11 @@ class OpenVINOBackend(Backend):
     name = 'openvino'
 
     def __init__(self, onnx_path: str | Path, device: str = 'cpu',
-                 cache_dir: str | Path | None = None):
+                 cache_dir: str | Path | None = None, threads: int | None = None):
         """``cache_dir``: the runtime's cache folder; compiled models go to its
         ``openvino/`` subfolder (compiled without a cache, with a warning, when it cannot be
-        written). A file OpenVINO refuses to read or compile raises :class:`LoadError`."""
+        written). ``threads``: ``INFERENCE_NUM_THREADS`` (None / 0: OpenVINO's default). A
+        file OpenVINO refuses to read or compile raises :class:`LoadError`."""
         from tokenmask_ros.runtime.export import read_onnx_metadata
 
         self.path = Path(onnx_path)
@@ -134,6 +135,8 @@ class OpenVINOBackend(Backend):
         config = {'PERFORMANCE_HINT': 'LATENCY'}
         if self.precision != 'fp16':
             config['INFERENCE_PRECISION_HINT'] = 'f32'  # the module doc says why
+        if threads:
+            config['INFERENCE_NUM_THREADS'] = threads
         self.cache_folder = self._cache_folder(cache_dir)
         if self.cache_folder is not None:
             core.set_property({'CACHE_DIR': str(self.cache_folder)})

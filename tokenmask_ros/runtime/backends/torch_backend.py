@@ -19,7 +19,7 @@ class TorchBackend(Backend):
     batch = None  # any batch: nothing is fixed at export
 
     def __init__(self, model: torch.nn.Module, device: str = 'cpu', precision: str = 'fp32',
-                 compile: bool = False):
+                 compile: bool = False, threads: int | None = None):
         if device.startswith('cuda') and not torch.cuda.is_available():
             raise BackendUnavailable(f'torch backend: device {device!r} requested but CUDA is '
                                      'not available')
@@ -28,6 +28,8 @@ class TorchBackend(Backend):
         if precision == 'fp16' and not device.startswith('cuda'):
             raise BackendUnavailable('torch backend: fp16 needs a CUDA device (CPU runs fp32)')
         self.device, self.precision = device, precision
+        if threads:  # process-wide: torch has one intra-op pool
+            torch.set_num_threads(threads)
         self._torch_device = torch.device(device)
         dtype = torch.float16 if precision == 'fp16' else torch.float32
         # torch.compile traces static shapes; eager runs decode only the kept queries.
