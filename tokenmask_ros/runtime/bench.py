@@ -449,10 +449,18 @@ class SideBySideRow:
     def ok(self) -> bool:
         return self.status == 'ok'
 
+    def _with_model(self, text: str) -> str:
+        return text + (f' ({self.model})' if self.model else '')
+
+    @property
+    def backend_label(self) -> str:
+        """The backend, with the reference graph's file name where there is one."""
+        return self._with_model(self.backend)
+
     @property
     def label(self) -> str:
         """'backend precision', with the reference graph's file name where there is one."""
-        return f'{self.backend} {self.precision}' + (f' ({self.model})' if self.model else '')
+        return self._with_model(f'{self.backend} {self.precision}')
 
 
 def bench_side_by_side(model_path: str | Path, size: tuple[int, int], *, device: str = 'auto',
@@ -483,14 +491,15 @@ def bench_side_by_side(model_path: str | Path, size: tuple[int, int], *, device:
     width, height = size
     frames = list(frames) if frames is not None else synthetic_frames(width, height)
     device = resolve_device(device)
-    runs = [(model_path, backend, precision) for backend, precision in combinations]
+    # (model file, its name in the table: '' for the benchmarked model, backend, precision)
+    runs = [(model_path, '', backend, precision) for backend, precision in combinations]
     if reference_graph is not None:
-        runs.insert(0, (Path(reference_graph), *REFERENCE))
+        runs.insert(0, (reference_graph, Path(reference_graph).name, *REFERENCE))
     rows, segmenters = [], []
     try:
-        for path, backend, precision in runs:
+        for path, name, backend, precision in runs:
             row = SideBySideRow(backend, precision, device, width, height, repeats=repeats,
-                                model='' if path is model_path else Path(path).name)
+                                model=name)
             rows.append(row)
             try:
                 segmenter = Segmenter(path, backend, device, precision,
@@ -548,8 +557,7 @@ def side_by_side_table(rows: Sequence[SideBySideRow]) -> str:
         agreement = None if r.pixel_agreement is None else 100 * r.pixel_agreement
         notes = r.describe if r.ok else f'{r.status}: {r.reason}'
         lines.append('| ' + ' | '.join((
-            r.backend + (f' ({r.model})' if r.model else ''), r.precision, r.device,
-            _cell(r.median_ms), _cell(r.p90_ms),
+            r.backend_label, r.precision, r.device, _cell(r.median_ms), _cell(r.p90_ms),
             _cell(r.ratio_to_reference, 2), _cell(agreement, 2, ' %'),
             notes.replace('|', '/'))) + ' |')
     return '\n'.join(lines)
