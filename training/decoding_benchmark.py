@@ -8,11 +8,14 @@ For each model (random weights, K = ``--num-queries``, the paper's ADE20K panopt
 default) the deploy graph is built three times: decoding every query (the graph before query
 selection), always the ``--decoded-queries`` best (selection 'fixed', TensorRT's) and only
 the frame's kept queries under that cap (selection 'kept', the default elsewhere). Each is
-timed on ONNX Runtime (the exported graph, CPU provider) and torch (the same module), rounds
-alternating between the graphs so machine load favours none; a call is one frame through
-the whole graph (network + dense decoding). The score threshold is set to keep ``--kept``
-queries, and the outputs of the graphs are compared for equality (segment map, classes,
-scores, keep, won areas). Writes ``decoding.md`` and ``decoding.csv`` into ``--out``.
+timed on ONNX Runtime (the exported graph, CPU provider, as the file describes it) and torch
+(the same module); ONNX Runtime also runs the kept graph the way the ``onnxruntime`` backend
+does on CPU, its attention blocks fused (:mod:`tokenmask_ros.runtime.ort_attention`). Rounds
+alternate between the graphs so machine load favours none; a call is one frame through the
+whole graph (network + dense decoding). The score threshold is set to keep ``--kept``
+queries, and the outputs of the graphs are compared with the first one's: segment map,
+classes, keep and won areas exactly, scores to ``SCORE_TOLERANCE`` (float rounding of the
+fused attention). Writes ``decoding.md`` and ``decoding.csv`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from pathlib import Path
 if not __package__:  # run as `python training/decoding_benchmark.py`: the repository onto sys.path
     import _repo_path  # noqa: F401
 
-COMPARED = ('segment_map', 'query_class', 'query_score', 'keep', 'won_area')
+EXACT = ('segment_map', 'query_class', 'keep', 'won_area')
+# Fused attention sums in another order: scores move by float rounding (about 1e-7).
+SCORE_TOLERANCE = 1e-6
 COLUMNS = ('model', 'backend', 'decoded_queries', 'median_ms', 'p90_ms', 'speedup',
-           'identical', 'kept')
+           'identical', 'max_score_difference', 'kept')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -78,7 +83,7 @@ class GraphRunner:
     """One deploy graph on one backend: ``run(inputs) -> outputs`` as NumPy arrays."""
 
     def __init__(self, model, backend: str, decoded: int | None, selection: str,
-                 folder: Path):
+                 folder: Path, fused: bool = False):
         import torch
 
         from tokenmask_ros.runtime.graph import INPUT_NAMES, OUTPUT_NAMES, DeployGraph
@@ -88,13 +93,14 @@ class GraphRunner:
         if backend == 'torch':
             self.graph = DeployGraph(model, decoded, selection)
         else:
-            import onnxruntime as ort
-
+            from tokenmask_ros.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
             from tokenmask_ros.runtime.export import export_onnx
 
-            path = export_onnx(model, folder / f'graph-{decoded or "all"}-{selection}.onnx',
-                               decoded_queries=decoded, selection=selection)
-            self.session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+            path = folder / f'graph-{decoded or "all"}-{selection}.onnx'
+            if not path.exists():
+                export_onnx(model, path, decoded_queries=decoded, selection=selection)
+            # The backend's session: the file's graph, or with fused attention as it runs.
+            self.session = OnnxRuntimeBackend(path, 'cpu', fuse_attention=fused).session
 
     def run(self, inputs):
         """One call of the graph (imports done in ``__init__``: this is the timed part)."""
@@ -122,15 +128,20 @@ def threshold_keeping(runner: GraphRunner, image, content, count: int,
 
 def compare(model_name: str, model, backend: str, args: argparse.Namespace,
             folder: Path) -> list[dict]:
-    """Time both graphs of one model on one backend, alternating; check equal outputs."""
+    """Time the graphs of one model on one backend, alternating; check equal outputs."""
     import numpy as np
 
     from tokenmask_ros.runtime.graph import OUTPUT_NAMES
 
     cap = args.decoded_queries
+    folder = folder / model_name  # the exports of one model, shared by its runners
+    folder.mkdir(exist_ok=True)
     runners = {f'all {args.num_queries}': GraphRunner(model, backend, None, 'fixed', folder),
                f'best {cap}': GraphRunner(model, backend, cap, 'fixed', folder),
                f'kept (<= {cap})': GraphRunner(model, backend, cap, 'kept', folder)}
+    if backend == 'onnxruntime':
+        runners[f'kept (<= {cap}), fused attention'] = GraphRunner(
+            model, backend, cap, 'kept', folder, fused=True)
     full = f'all {args.num_queries}'
     size = args.img_size
     image = np.random.default_rng(0).integers(0, 256, (1, 3, size, size), dtype=np.uint8)
@@ -152,11 +163,15 @@ def compare(model_name: str, model, backend: str, args: argparse.Namespace,
     rows = []
     for key, values in times.items():
         median = statistics.median(values)
-        identical = all(np.array_equal(results[full][n], results[key][n]) for n in COMPARED)
+        score_difference = float(np.abs(results[full]['query_score']
+                                        - results[key]['query_score']).max())
+        identical = (all(np.array_equal(results[full][n], results[key][n]) for n in EXACT)
+                     and score_difference <= SCORE_TOLERANCE)
         rows.append({'model': model_name, 'backend': backend, 'decoded_queries': key,
                      'median_ms': round(median, 1),
                      'p90_ms': round(sorted(values)[int(0.9 * (len(values) - 1))], 1),
                      'speedup': round(before / median, 2), 'identical': identical,
+                     'max_score_difference': score_difference,
                      'kept': kept})
     return rows
 
@@ -169,13 +184,14 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
              f'{args.img_size}x{args.img_size}, K = {args.num_queries}, {args.num_classes} '
              f'classes, random weights, batch 1; {args.repeats} alternating rounds after '
              f'{args.warmup} warm-up; outputs compared with the threshold keeping '
-             f'{args.kept} queries.', '', f'Machine: {environment("cpu")}', '',
+             f'{args.kept} queries (identical: segment map, classes, keep and won areas equal, '
+             f'scores within {SCORE_TOLERANCE:g}).', '', f'Machine: {environment("cpu")}', '',
              '| model | backend | decoded queries | median ms | p90 ms | speed-up | '
-             'identical outputs |', '|---|---|---|---|---|---|---|']
+             'identical outputs | max score difference |', '|---|---|---|---|---|---|---|---|']
     for r in rows:
         lines.append(f"| {r['model']} | {r['backend']} | {r['decoded_queries']} | "
                      f"{r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['speedup']:.2f}x | "
-                     f"{'yes' if r['identical'] else 'NO'} |")
+                     f"{'yes' if r['identical'] else 'NO'} | {r['max_score_difference']:.1e} |")
     return '\n'.join(lines) + '\n'
 
 
@@ -194,7 +210,8 @@ def main(argv=None) -> int:
                     print(f'== {name} {backend}', flush=True)
                     rows += compare(name, model, backend, args, Path(scratch))
                     print('   ' + ', '.join(f"{r['decoded_queries']}: {r['median_ms']} ms"
-                                            for r in rows[-3:]), flush=True)
+                                            for r in rows if r['model'] == name
+                                            and r['backend'] == backend), flush=True)
     write_table(args.out, 'decoding', COLUMNS, rows, markdown(rows, args))
     return 0 if all(r['identical'] for r in rows) else 1
 

@@ -53,8 +53,9 @@ OPSETS = (18, 19, 20)  # what TensorRT 10/11 and ONNX Runtime both parse
 PROTOBUF_LIMIT = 2**31 - 1  # a single ONNX protobuf file cannot exceed 2 GiB
 RECORD_FORMAT = 'tokenmask-onnx-export'  # the checksum sidecar of a cached export
 # 2: the graph decodes only the best queries; 3: only the kept ones (selection 'kept');
-# 4: won areas by scatter-add in 'kept' graphs. Exports of an older version are made again.
-RECORD_VERSION = 4
+# 4: won areas by scatter-add in 'kept' graphs; 5: attention written out with one constant
+# scale (what ONNX Runtime's CPU backend fuses). Exports of an older version are made again.
+RECORD_VERSION = 5
 
 log = logging.getLogger('tokenmask_ros.runtime')
 
@@ -98,11 +99,16 @@ class Fp32LayerNorm2d(nn.Module):
 
 
 class Fp32ScoresAttention(nn.Module):
-    """timm ``Attention`` with the attention scores q @ k^T and their softmax in FP32.
+    """timm ``Attention`` written out for export: q @ k^T (scaled by a constant) and its
+    softmax in FP32, as one plain MatMul-Softmax-MatMul chain.
 
-    Scores beyond 65504 are inf in FP16 and the softmax then NaN. Everything else (qkv and
-    output projections, the product of the probabilities with v) stays in the model's dtype.
-    It reuses the wrapped module's parameters and computes the same function (unfused).
+    In FP16 models, scores beyond 65504 are inf and the softmax then NaN, so the scores are
+    cast to FP32; everything else (qkv and output projections, the product of the
+    probabilities with v) stays in the model's dtype. FP32 exports use it too (no casts
+    there): it gives every export the same attention pattern with the scale as one
+    constant, which ONNX Runtime's CPU backend fuses into its attention kernel
+    (:mod:`tokenmask_ros.runtime.ort_attention`). It reuses the wrapped module's parameters
+    and computes the same function (unfused).
     """
 
     def __init__(self, attn: nn.Module):
@@ -118,13 +124,36 @@ class Fp32ScoresAttention(nn.Module):
         qkv = attn.qkv(x).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         q, k = attn.q_norm(q), attn.k_norm(k)
-        scores = (q.float() * attn.scale) @ k.transpose(-2, -1).float()
+        if q.dtype != torch.float32:  # no Cast nodes in FP32 graphs
+            q, k = q.float(), k.float()
+        scores = (q * attn.scale) @ k.transpose(-2, -1)
         if attn_mask is not None:
             scores = (scores.masked_fill(~attn_mask, float('-inf')) if attn_mask.dtype == torch.bool
                       else scores + attn_mask.float())
-        probs = scores.softmax(dim=-1).to(v.dtype)
+        probs = scores.softmax(dim=-1)
+        if probs.dtype != v.dtype:
+            probs = probs.to(v.dtype)
         x = (probs @ v).transpose(1, 2).reshape(batch, tokens, attn.attn_dim)
         return attn.proj(attn.norm(x))
+
+
+def _write_out_attention(root: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    """Replace every timm ``Attention`` under ``root`` by :class:`Fp32ScoresAttention`, in
+    place; returns ``(parent, name, original)`` for :func:`_restore`."""
+    from timm.models.vision_transformer import Attention
+
+    replaced = []
+    for parent in list(root.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, Attention):
+                setattr(parent, name, Fp32ScoresAttention(child))
+                replaced.append((parent, name, child))
+    return replaced
+
+
+def _restore(replaced: list[tuple[nn.Module, str, nn.Module]]) -> None:
+    for parent, name, original in replaced:
+        setattr(parent, name, original)
 
 
 def fp16_model(model: nn.Module) -> nn.Module:
@@ -148,8 +177,7 @@ def fp16_model(model: nn.Module) -> nn.Module:
                 setattr(parent, name, Fp32LayerNorm2d(child))
             elif isinstance(child, nn.LayerNorm):
                 setattr(parent, name, Fp32LayerNorm(child))
-            elif isinstance(child, Attention):
-                setattr(parent, name, Fp32ScoresAttention(child))
+    _write_out_attention(copied)
     return copied
 
 
@@ -217,6 +245,8 @@ def export_onnx(model: nn.Module, path: str | Path, *, fp16: bool = False, opset
            for t in model.state_dict().values() if t.is_floating_point()):
         model = copy.deepcopy(model).to('cpu', torch.float32)
     was_training = model.training
+    # FP32: timm's attention written out in place (put back below), FP16: on the copy.
+    replaced = [] if fp16 else _write_out_attention(model)
     try:
         graph = DeployGraph(fp16_model(model) if fp16 else model, decoded_queries, selection)
         height, width = graph.input_size
@@ -236,6 +266,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, fp16: bool = False, opset
                              input_names=INPUT_NAMES, output_names=OUTPUT_NAMES, opset=opset,
                              metadata=metadata)
     finally:
+        _restore(replaced)
         model.train(was_training)
 
 

@@ -7,6 +7,10 @@ Precision and input size come from the file's metadata (an FP16 export runs as F
 the CPU provider ONNX Runtime computes the FP16 nodes it has no FP16 kernel for in FP32).
 Where onnxruntime has its TensorRT execution provider, that provider's engines and timing
 cache go to ``ort_tensorrt/`` under the runtime's cache folder (``engine_cache_dir``).
+
+On CPU the session runs the graph with its attention blocks fused into onnxruntime's
+attention kernel (:mod:`tokenmask_ros.runtime.ort_attention`; same outputs, a few per cent
+faster, more for long token sequences); the file itself is not changed.
 """
 
 from __future__ import annotations
@@ -54,14 +58,36 @@ def providers(available: list[str], device: str, cache_dir: str | Path | None = 
     return chosen
 
 
+def fused_graph(path: Path) -> tuple[bytes, int] | None:
+    """The serialized graph of ``path`` with its attention blocks fused and how many, or None
+    when none matched or the rewrite failed (then the file runs as it is, nothing lost)."""
+    import onnx
+
+    from tokenmask_ros.runtime.ort_attention import fuse_attention
+
+    try:
+        model = onnx.load(str(path))
+    except Exception:  # protobuf's DecodeError and friends: the session load reports it
+        return None
+    try:
+        count = fuse_attention(model)
+        return (model.SerializeToString(), count) if count else None
+    except Exception as error:  # e.g. a graph over protobuf's 2 GiB once serialized
+        log.warning('onnxruntime: attention not fused in %s (%s)', path.name, one_line(error))
+        return None
+
+
 class OnnxRuntimeBackend(Backend):
     name = 'onnxruntime'
 
     def __init__(self, onnx_path: str | Path, device: str = 'cpu',
-                 cache_dir: str | Path | None = None, threads: int | None = None):
+                 cache_dir: str | Path | None = None, threads: int | None = None,
+                 fuse_attention: bool = True):
         """``cache_dir``: the runtime's cache folder, for the TensorRT provider's cache
         (:func:`providers`). ``threads``: intra-op threads (None / 0: onnxruntime's
-        default). A file onnxruntime refuses to load raises :class:`LoadError`."""
+        default). ``fuse_attention``: on CPU, run the attention blocks as onnxruntime's
+        fused kernel (``False``: the file's graph as it is, for comparisons). A file
+        onnxruntime refuses to load raises :class:`LoadError`."""
         try:
             import onnxruntime as ort
         except ImportError as error:
@@ -80,11 +106,22 @@ class OnnxRuntimeBackend(Backend):
         if threads:
             options.intra_op_num_threads = threads
         chosen = providers(ort.get_available_providers(), device, cache_dir)
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=chosen)
-        except Exception as error:  # onnxruntime's InvalidArgument, Fail, InvalidGraph, ...
-            raise LoadError(f'onnxruntime cannot load {self.path} ({one_line(error)}); '
-                            'export it again') from None
+        # Only the CPU provider: TensorRT's provider does not know the contrib op.
+        fused = fused_graph(self.path) if fuse_attention and device == 'cpu' else None
+        self.session = None
+        if fused:
+            try:
+                self.session = ort.InferenceSession(fused[0], options, providers=chosen)
+            except Exception as error:  # e.g. a build of onnxruntime without contrib ops
+                log.warning('onnxruntime: running %s unfused, the fused graph did not load '
+                            '(%s)', self.path.name, one_line(error))
+        self.fused_attention = fused[1] if self.session is not None else 0
+        if self.session is None:
+            try:
+                self.session = ort.InferenceSession(str(self.path), options, providers=chosen)
+            except Exception as error:  # onnxruntime's InvalidArgument, Fail, InvalidGraph, ...
+                raise LoadError(f'onnxruntime cannot load {self.path} ({one_line(error)}); '
+                                'export it again') from None
         metadata = parse_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
         self.batch = metadata['batch']
         self.precision = metadata['precision']
@@ -102,7 +139,8 @@ class OnnxRuntimeBackend(Backend):
         if not set(OUTPUT_NAMES) <= names:
             raise ValueError(f'{self.path}: outputs {sorted(names)} lack '
                              f'{sorted(set(OUTPUT_NAMES) - names)}')
-        log.info('onnxruntime: %s on %s', self.path.name, self.session.get_providers()[0])
+        log.info('onnxruntime: %s on %s%s', self.path.name, self.session.get_providers()[0],
+                 f', {self.fused_attention} attention blocks fused' if self.fused_attention else '')
 
     def run(self, image: np.ndarray, content_size: np.ndarray,
             score_threshold: float) -> PanopticScores:
