@@ -45,3 +45,19 @@ def test_missing_graph_is_refused_by_name(tmp_path, capsys):
         graph_latency.main([str(tmp_path / 'nope.onnx'), '--out', str(tmp_path / 'out')])
     assert 'nope.onnx' in capsys.readouterr().err
     assert not (tmp_path / 'out').exists()
+
+
+def test_unfused_graphs_and_the_gemm_ceiling_are_reported(tmp_path):
+    graph = tiny_export(tmp_path / 'model.onnx')
+    out = tmp_path / 'out'
+    assert graph_latency.main([str(graph), '--rounds', '2', '--warmup', '0', '--unfused',
+                               '--gemm-ceiling', '--out', str(out)]) == 0
+    table = (out / 'latency.md').read_text()
+    assert 'attention as exported' in table
+    line = next(x for x in table.splitlines() if x.startswith('fp32 MatMul [1800, 384]'))
+    assert float(line.split(': ')[1].split(' GFLOP/s')[0]) > 0
+
+
+def test_gemm_rate_is_the_flops_of_the_product_over_its_time():
+    rate = graph_latency.gemm_gflops(1, repeats=10, shape=(64, 32, 48))
+    assert 0 < rate < 1e4  # GFLOP/s: a CPU core does tens, not thousands

@@ -21,6 +21,7 @@ fused attention). Writes ``decoding.md`` and ``decoding.csv`` into ``--out``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -57,6 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--repeats', type=int, default=10, help='timed rounds')
     parser.add_argument('--warmup', type=int, default=2, help='untimed rounds')
     parser.add_argument('--out', type=Path, default=Path('benchmark_results/decoding'))
+    parser.add_argument('--keep-graphs', type=Path, metavar='DIR',
+                        help='keep the exported graphs in DIR/<model>/ (default: a temporary '
+                             'folder), e.g. for training/graph_latency.py')
     args = parser.parse_args(argv)
     if min(args.repeats, args.decoded_queries, args.kept) < 1 or args.warmup < 0:
         parser.error('--repeats, --decoded-queries and --kept must be >= 1, --warmup >= 0')
@@ -83,7 +87,7 @@ class GraphRunner:
     """One deploy graph on one backend: ``run(inputs) -> outputs`` as NumPy arrays."""
 
     def __init__(self, model, backend: str, decoded: int | None, selection: str,
-                 folder: Path, fused: bool = False):
+                 folder: Path, fused: bool = False, reuse: bool = False):
         import torch
 
         from tokenmask_ros.runtime.graph import INPUT_NAMES, OUTPUT_NAMES, DeployGraph
@@ -97,7 +101,7 @@ class GraphRunner:
             from tokenmask_ros.runtime.export import export_onnx
 
             path = folder / f'graph-{decoded or "all"}-{selection}.onnx'
-            if not path.exists():
+            if not reuse:  # reuse: the same graph was just exported for another runner
                 export_onnx(model, path, decoded_queries=decoded, selection=selection)
             # The backend's session: the file's graph, or with fused attention as it runs.
             self.session = OnnxRuntimeBackend(path, 'cpu', fuse_attention=fused).session
@@ -135,13 +139,13 @@ def compare(model_name: str, model, backend: str, args: argparse.Namespace,
 
     cap = args.decoded_queries
     folder = folder / model_name  # the exports of one model, shared by its runners
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     runners = {f'all {args.num_queries}': GraphRunner(model, backend, None, 'fixed', folder),
                f'best {cap}': GraphRunner(model, backend, cap, 'fixed', folder),
                f'kept (<= {cap})': GraphRunner(model, backend, cap, 'kept', folder)}
     if backend == 'onnxruntime':
         runners[f'kept (<= {cap}), fused attention'] = GraphRunner(
-            model, backend, cap, 'kept', folder, fused=True)
+            model, backend, cap, 'kept', folder, fused=True, reuse=True)
     full = f'all {args.num_queries}'
     size = args.img_size
     image = np.random.default_rng(0).integers(0, 256, (1, 3, size, size), dtype=np.uint8)
@@ -201,7 +205,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    with tempfile.TemporaryDirectory(prefix='decoding-') as scratch:
+    keep = contextlib.nullcontext(args.keep_graphs) if args.keep_graphs else None
+    with keep or tempfile.TemporaryDirectory(prefix='decoding-') as scratch:
         for backbone in args.backbones:
             for head in args.heads:
                 name = f"{'TokenMask' if head == 'tokenmask' else 'EoMT'}-{backbone[0].upper()}"
