@@ -106,3 +106,23 @@ def test_fp16_exports_keep_their_fp32_scores_and_run_unfused(tmp_path):
         assert result.segment_map.shape == (1, *backend.input_size)
     finally:
         backend.close()
+
+
+def test_batched_exports_are_fused_and_every_image_keeps_its_output(tmp_path):
+    checkpoint = save_tiny_checkpoint(tmp_path / 'tiny.safetensors', depth=2)
+    path = export_onnx(load_checkpoint(checkpoint), tmp_path / 'tiny_b2.onnx', batch=2)
+    fused = OnnxRuntimeBackend(path, 'cpu')
+    plain = OnnxRuntimeBackend(path, 'cpu', fuse_attention=False)
+    try:
+        assert (fused.fused_attention, fused.batch) == (2, 2)
+        images = np.random.default_rng(3).integers(0, 256, (2, 3, *fused.input_size), np.uint8)
+        content = np.array([fused.input_size, (40, 48)], np.int32)
+        expected, actual = plain.run(images, content, 0.0), fused.run(images, content, 0.0)
+        assert expected.keep.any(axis=1).all(), "every image should keep a query"
+        for name in EXACT:
+            np.testing.assert_array_equal(getattr(actual, name), getattr(expected, name),
+                                          err_msg=name)
+        np.testing.assert_allclose(actual.query_score, expected.query_score, atol=1e-5)
+    finally:
+        fused.close()
+        plain.close()

@@ -8,12 +8,13 @@ Every tokenmask export writes attention out as one plain chain per block
 
 ONNX Runtime's CPU provider runs that as separate MatMul, Softmax and Transpose kernels,
 writing the [B, H, S, S] scores to memory twice. Its ``com.microsoft.MultiHeadAttention``
-contrib op computes the same function in one kernel, about a quarter faster per block for
-the 1,800 tokens of a ViT-S at 640 pixels. ONNX Runtime's own transformer optimizer does
-not recognise this chain (it looks for BERT's separate q / k / v projections), hence this
-small rewrite. It is applied to the in-memory graph of the ``onnxruntime`` backend on CPU
-only: the file on disk stays standard ONNX for OpenVINO, TensorRT and everything else.
-Chains that differ in any detail (masks, casts of FP16 exports, qk norms, int8 QDQ) are
+contrib op computes the same function in one kernel: in ONNX Runtime's profile of a ViT-S
+at 640 pixels (1,800 tokens), 314 instead of 407 ms per call for the 12 blocks. ONNX
+Runtime's own transformer optimizer does not recognise this chain (it looks for BERT's
+separate q / k / v projections), hence this small rewrite. It is applied to the in-memory
+graph of the ``onnxruntime`` backend on CPU only: the file on disk stays standard ONNX for
+OpenVINO, TensorRT and everything else.
+Chains that differ in any detail (masks, casts of FP16 exports, qk norms, quantized scores) are
 left as they are.
 """
 
@@ -74,6 +75,11 @@ def _attribute(node, name: str, default=None):
     return default
 
 
+def _values(g: _Graph, name: str) -> list[int] | None:
+    value = g.constant(name)
+    return None if value is None else [int(v) for v in value.reshape(-1)]
+
+
 def _match(g: _Graph, softmax) -> dict | None:
     """The nodes and values of one attention chain around ``softmax``, or None."""
     if _attribute(softmax, 'axis', -1) not in (-1, 3):
@@ -97,8 +103,8 @@ def _match(g: _Graph, softmax) -> dict | None:
         return None
     squeezes = [g.made_by(name, 'Squeeze')
                 for name in (scaled_q.input[0], k_t.input[0], weighted.input[1])]
-    if any(s is None for s in squeezes):
-        return None
+    if any(s is None or len(s.input) < 2 or _values(g, s.input[1]) != [0] for s in squeezes):
+        return None  # without axes a Squeeze would drop a batch of 1 as well
     split = g.made_by(squeezes[0].input[0], 'Split')
     if split is None or [s.input[0] for s in squeezes] != list(split.output)[:3] \
             or len(split.output) != 3 or _attribute(split, 'axis', 0) != 0:
@@ -111,6 +117,8 @@ def _match(g: _Graph, softmax) -> dict | None:
     if shape is None or shape.shape != (5,) or shape[2] != 3 or min(shape[3:]) < 1:
         return None
     heads, head_dim = int(shape[3]), int(shape[4])
+    if _values(g, merged.input[1]) != [int(shape[0]), int(shape[1]), heads * head_dim]:
+        return None  # the fused op gives [B, S, D]: the chain must end in that shape
     chain = [unpack, permute, split, *squeezes, scaled_q, k_t, scores, softmax, weighted,
              heads_out, merged]
     inside = {id(n) for n in chain}
