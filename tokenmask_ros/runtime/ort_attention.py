@@ -33,7 +33,6 @@ class _Graph:
     def __init__(self, graph):
         from onnx import numpy_helper
 
-        self.graph = graph
         self.producer = {out: node for node in graph.node for out in node.output}
         self.consumers: dict[str, list] = {}
         for node in graph.node:
@@ -134,7 +133,7 @@ def _match(g: _Graph, softmax) -> dict | None:
 def fuse_attention(model) -> int:
     """Rewrite every matching attention chain of ``model`` (an ``onnx.ModelProto``, changed
     in place) into one ``com.microsoft.MultiHeadAttention`` node; returns how many."""
-    from onnx import helper
+    from onnx import TensorProto, helper
 
     g = _Graph(model.graph)
     matches = [m for m in (_match(g, n) for n in list(model.graph.node) if n.op_type == 'Softmax')
@@ -142,7 +141,7 @@ def fuse_attention(model) -> int:
     if not matches:
         return 0
     removed = {id(n) for m in matches for n in m['chain']}
-    # The chains' shape and scale constants go too, unless something else reads them.
+    # Constants read only by the removed chains (their shapes and scales), or by nothing, go.
     for node in model.graph.node:
         if node.op_type == 'Constant' and all(
                 r is not None and id(r) in removed for r in g.consumers.get(node.output[0], [])):
@@ -151,7 +150,7 @@ def fuse_attention(model) -> int:
     for index, m in enumerate(matches):
         base = f'fused_attention_{index}'
         hidden = m['hidden']
-        sizes = helper.make_tensor(f'{base}/split_sizes', 7, [3], [hidden] * 3)  # INT64
+        sizes = helper.make_tensor(f'{base}/split_sizes', TensorProto.INT64, [3], [hidden] * 3)
         model.graph.initializer.append(sizes)
         q, k, v = (f'{base}/{x}' for x in 'qkv')
         split = helper.make_node('Split', [m['qkv'], sizes.name], [q, k, v], axis=-1,

@@ -108,20 +108,20 @@ class OnnxRuntimeBackend(Backend):
         chosen = providers(ort.get_available_providers(), device, cache_dir)
         # Only the CPU provider: TensorRT's provider does not know the contrib op.
         fused = fused_graph(self.path) if fuse_attention and device == 'cpu' else None
-        self.session = None
         if fused:
             try:
                 self.session = ort.InferenceSession(fused[0], options, providers=chosen)
             except Exception as error:  # e.g. a build of onnxruntime without contrib ops
                 log.warning('onnxruntime: running %s unfused, the fused graph did not load '
                             '(%s)', self.path.name, one_line(error))
-        self.fused_attention = fused[1] if self.session is not None else 0
-        if self.session is None:
+                fused = None
+        if not fused:
             try:
                 self.session = ort.InferenceSession(str(self.path), options, providers=chosen)
             except Exception as error:  # onnxruntime's InvalidArgument, Fail, InvalidGraph, ...
                 raise LoadError(f'onnxruntime cannot load {self.path} ({one_line(error)}); '
                                 'export it again') from None
+        self.fused_attention = fused[1] if fused else 0
         metadata = parse_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
         self.batch = metadata['batch']
         self.precision = metadata['precision']
